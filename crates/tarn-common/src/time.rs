@@ -1,0 +1,59 @@
+//! Timestamps as tarn stores them (microseconds since the Unix epoch, UTC) and their text forms.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+
+/// Now, in microseconds since the epoch.
+pub fn now_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+/// Formats microseconds since the epoch as Rockset does: `2020-12-03T12:34:56.789000Z`.
+pub fn format_micros(us: i64) -> String {
+    match Utc.timestamp_micros(us).single() {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::Micros, true),
+        None => us.to_string(),
+    }
+}
+
+/// Parses an ISO-8601 / RFC 3339 timestamp (with `T` or a space, with or without a zone,
+/// which then means UTC; or a bare date) into microseconds since the epoch.
+pub fn parse_iso8601_micros(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_micros());
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, fmt) {
+            return Some(t.timestamp_micros());
+        }
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(t.and_utc().timestamp_micros());
+        }
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_micros())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_like_rockset() {
+        assert_eq!(format_micros(1_607_000_000_123_000), "2020-12-03T12:53:20.123000Z");
+    }
+
+    #[test]
+    fn parses_iso_forms() {
+        let want = Some(1_607_000_000_123_000);
+        assert_eq!(parse_iso8601_micros("2020-12-03T12:53:20.123Z"), want);
+        assert_eq!(parse_iso8601_micros("2020-12-03T13:53:20.123+01:00"), want);
+        assert_eq!(parse_iso8601_micros("2020-12-03 12:53:20.123"), want);
+        assert_eq!(parse_iso8601_micros("2020-12-03"), Some(1_606_953_600_000_000));
+        assert_eq!(parse_iso8601_micros("yesterday"), None);
+    }
+}

@@ -1,0 +1,294 @@
+//! The REST routes: health, workspaces, collections, documents and queries, in Rockset's shapes.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Router, response::IntoResponse};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use tarn_common::limits::MAX_REQUEST_BYTES;
+use tarn_common::{TarnError, TarnResult};
+use tarn_sql::QueryRequest;
+use tarn_storage::collection::DocStatus;
+use tarn_storage::document::{IngestContext, parse_limited, prepare};
+use tarn_storage::jsonscan::split_data_array;
+use tarn_storage::{Collection, CollectionInfo, CollectionOptions, EventTimeInfo, WorkspaceInfo};
+
+use crate::AppState;
+use crate::error::ApiResult;
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/ws", post(create_workspace).get(list_workspaces))
+        .route("/ws/{ws}", get(get_workspace).delete(delete_workspace))
+        .route("/ws/{ws}/collections", post(create_collection).get(list_workspace_collections))
+        .route("/collections", get(list_all_collections))
+        .route("/ws/{ws}/collections/{c}", get(get_collection).delete(delete_collection))
+        .route("/ws/{ws}/collections/{c}/docs", post(add_documents).delete(delete_documents))
+        .route("/queries", post(run_query));
+    Router::new()
+        .route("/health", get(health))
+        .nest("/v1/orgs/self", v1)
+        .with_state(state)
+}
+
+async fn health() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+/// Reads a body up to the documented limit; larger bodies get 413.
+async fn read_body(body: Body) -> TarnResult<Bytes> {
+    axum::body::to_bytes(body, MAX_REQUEST_BYTES).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.to_string().contains("length limit"))
+            || e.to_string().contains("length limit");
+        if too_large {
+            TarnError::too_large(format!(
+                "the request body exceeds {MAX_REQUEST_BYTES} bytes: send the documents in smaller batches"
+            ))
+        } else {
+            TarnError::invalid(format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
+/// Parses a JSON body into `T`; an empty body is `{}`. Errors say where the JSON is wrong.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> TarnResult<T> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
+    serde_json::from_slice(bytes).map_err(|e| {
+        let what = if e.is_syntax() || e.is_eof() { "the request body is not valid JSON" } else { "the request body is invalid" };
+        TarnError::invalid(format!("{what}: {e}")).at(e.line() as u64, e.column() as u64)
+    })
+}
+
+fn workspace_json(storage: &tarn_storage::Storage, w: &WorkspaceInfo) -> Value {
+    json!({
+        "name": w.name,
+        "description": w.description,
+        "created_at": w.created_at,
+        "created_by": w.created_by,
+        "collection_count": storage.collection_count(&w.name),
+    })
+}
+
+#[derive(Deserialize)]
+struct CreateWorkspace {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+async fn create_workspace(State(st): State<AppState>, body: Body) -> ApiResult<impl IntoResponse> {
+    let req: CreateWorkspace = parse_json(&read_body(body).await?)?;
+    let w = st.storage.create_workspace(&req.name, req.description.as_deref().unwrap_or(""))?;
+    Ok(Json(json!({"data": workspace_json(&st.storage, &w)})))
+}
+
+async fn list_workspaces(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let data: Vec<Value> = st.storage.list_workspaces().iter().map(|w| workspace_json(&st.storage, w)).collect();
+    Ok(Json(json!({"data": data})))
+}
+
+async fn get_workspace(State(st): State<AppState>, Path(ws): Path<String>) -> ApiResult<impl IntoResponse> {
+    let w = st.storage.get_workspace(&ws)?;
+    Ok(Json(json!({"data": workspace_json(&st.storage, &w)})))
+}
+
+async fn delete_workspace(State(st): State<AppState>, Path(ws): Path<String>) -> ApiResult<impl IntoResponse> {
+    let w = st.storage.delete_workspace(&ws)?;
+    Ok(Json(json!({"data": workspace_json(&st.storage, &w)})))
+}
+
+/// The collection as Rockset returns it.
+pub fn collection_json(info: &CollectionInfo, c: &Collection, status: &str) -> Value {
+    let stats = c.stats();
+    let mut out = json!({
+        "name": info.name,
+        "workspace": info.workspace,
+        "description": info.description,
+        "created_at": info.created_at,
+        "created_by": info.created_by,
+        "status": status,
+        "sources": info.extra.get("sources").cloned().unwrap_or(json!([])),
+        "stats": {
+            "doc_count": stats.doc_count,
+            "total_size": stats.total_size,
+            "last_updated_ms": stats.last_updated_ms,
+            "segment_count": stats.segments,
+        },
+        "field_mappings": info.extra.get("field_mappings").cloned().unwrap_or(json!([])),
+        "clustering_key": info.extra.get("clustering_key").cloned().unwrap_or(json!([])),
+    });
+    if let Some(r) = info.options.retention_secs {
+        out["retention_secs"] = json!(r);
+    }
+    if let Some(e) = &info.options.event_time_info {
+        out["event_time_info"] = json!(e);
+    }
+    if let Some(q) = info.extra.get("field_mapping_query") {
+        out["field_mapping_query"] = q.clone();
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct CreateCollection {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    retention_secs: Option<u64>,
+    #[serde(default)]
+    event_time_info: Option<EventTimeInfo>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+async fn create_collection(State(st): State<AppState>, Path(ws): Path<String>, body: Body) -> ApiResult<impl IntoResponse> {
+    let req: CreateCollection = parse_json(&read_body(body).await?)?;
+    if req.retention_secs == Some(0) {
+        return Err(TarnError::invalid("retention_secs must be at least 1, or omitted to keep documents forever").into());
+    }
+    let options = CollectionOptions { event_time_info: req.event_time_info, retention_secs: req.retention_secs };
+    let mut extra = req.extra;
+    extra.retain(|_, v| !v.is_null());
+    let (info, c) = st.storage.create_collection(&ws, &req.name, req.description.as_deref().unwrap_or(""), options, extra)?;
+    Ok(Json(json!({"data": collection_json(&info, &c, "CREATED")})))
+}
+
+async fn list_workspace_collections(State(st): State<AppState>, Path(ws): Path<String>) -> ApiResult<impl IntoResponse> {
+    st.storage.get_workspace(&ws)?;
+    let data: Vec<Value> = st.storage.list_collections(Some(&ws)).iter().map(|(i, c)| collection_json(i, c, "READY")).collect();
+    Ok(Json(json!({"data": data})))
+}
+
+async fn list_all_collections(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let data: Vec<Value> = st.storage.list_collections(None).iter().map(|(i, c)| collection_json(i, c, "READY")).collect();
+    Ok(Json(json!({"data": data})))
+}
+
+async fn get_collection(State(st): State<AppState>, Path((ws, name)): Path<(String, String)>) -> ApiResult<impl IntoResponse> {
+    let (info, c) = st.storage.get_collection(&ws, &name)?;
+    Ok(Json(json!({"data": collection_json(&info, &c, "READY")})))
+}
+
+async fn delete_collection(State(st): State<AppState>, Path((ws, name)): Path<(String, String)>) -> ApiResult<impl IntoResponse> {
+    let (info, c) = st.storage.get_collection(&ws, &name)?;
+    let body = collection_json(&info, &c, "DELETED");
+    drop(c);
+    let storage = st.storage.clone();
+    tokio::task::spawn_blocking(move || storage.delete_collection(&ws, &name))
+        .await
+        .map_err(|e| TarnError::internal(e.to_string()))??;
+    Ok(Json(json!({"data": body})))
+}
+
+fn status_json(collection: &str, id: Option<&str>, status: &DocStatus) -> Value {
+    let mut v = json!({"_collection": collection, "status": status.as_str()});
+    if let Some(id) = id {
+        v["_id"] = json!(id);
+    }
+    if let DocStatus::Error(msg) = status {
+        v["error"] = json!({"message": msg, "type": "INVALIDINPUT"});
+    }
+    v
+}
+
+async fn add_documents(State(st): State<AppState>, Path((ws, name)): Path<(String, String)>, body: Body) -> ApiResult<impl IntoResponse> {
+    let (info, c) = st.storage.get_collection(&ws, &name)?;
+    let body = read_body(body).await?;
+    let spans = split_data_array(&body).map_err(|e| e.into_tarn_error(&body, "the request body"))?;
+    let meta = json!({"source": "api"});
+    let now = tarn_common::time::now_micros();
+    let ctx = IngestContext { event_time_info: info.options.event_time_info.as_ref(), now_micros: now, meta: &meta };
+    // Each element either becomes a document or gets its own error; the others go on.
+    let mut outcome: Vec<Result<String, String>> = Vec::with_capacity(spans.len());
+    let mut docs = Vec::with_capacity(spans.len());
+    for span in &spans {
+        let text = &body[span.start..span.end];
+        match parse_limited(text, span.depth).and_then(|v| prepare(v, &ctx)) {
+            Ok(doc) => {
+                outcome.push(Ok(doc.id.clone()));
+                docs.push((doc, text.to_vec()));
+            }
+            Err(msg) => outcome.push(Err(msg)),
+        }
+    }
+    let stored = if docs.is_empty() { Vec::new() } else { c.insert(docs, Vec::new()).await? };
+    let mut stored = stored.into_iter();
+    let data: Vec<Value> = outcome
+        .iter()
+        .map(|o| match o {
+            Ok(id) => status_json(&info.name, Some(id), &stored.next().unwrap_or(DocStatus::Added)),
+            Err(msg) => status_json(&info.name, None, &DocStatus::Error(msg.clone())),
+        })
+        .collect();
+    Ok(Json(json!({"data": data})))
+}
+
+async fn delete_documents(State(st): State<AppState>, Path((ws, name)): Path<(String, String)>, body: Body) -> ApiResult<impl IntoResponse> {
+    let (info, c) = st.storage.get_collection(&ws, &name)?;
+    #[derive(Deserialize)]
+    struct Req {
+        data: Vec<Value>,
+    }
+    let req: Req = parse_json(&read_body(body).await?)?;
+    let mut ids = Vec::with_capacity(req.data.len());
+    let mut outcome: Vec<Result<String, String>> = Vec::with_capacity(req.data.len());
+    for item in &req.data {
+        match item.get("_id").and_then(Value::as_str) {
+            Some(id) => {
+                ids.push(id.to_owned());
+                outcome.push(Ok(id.to_owned()));
+            }
+            None => outcome.push(Err(format!("each element must be {{\"_id\": \"...\"}}, got {item}"))),
+        }
+    }
+    let done = if ids.is_empty() { Vec::new() } else { c.delete(ids).await? };
+    let mut done = done.into_iter();
+    let data: Vec<Value> = outcome
+        .iter()
+        .map(|o| match o {
+            Ok(id) => status_json(&info.name, Some(id), &done.next().unwrap_or(DocStatus::Deleted)),
+            Err(msg) => status_json(&info.name, None, &DocStatus::Error(msg.clone())),
+        })
+        .collect();
+    Ok(Json(json!({"data": data})))
+}
+
+#[derive(Deserialize)]
+struct QueryBody {
+    sql: SqlBody,
+}
+
+#[derive(Deserialize)]
+struct SqlBody {
+    query: String,
+    #[serde(default)]
+    default_row_limit: Option<usize>,
+}
+
+async fn run_query(State(st): State<AppState>, body: Body) -> ApiResult<impl IntoResponse> {
+    let req: QueryBody = parse_json(&read_body(body).await?)?;
+    let engine: Arc<tarn_sql::QueryEngine> = st.engine.clone();
+    let q = QueryRequest { sql: req.sql.query, default_row_limit: req.sql.default_row_limit };
+    let out = engine.query(&q).await?;
+    let mut resp = json!({
+        "query_id": out.query_id,
+        "collections": out.collections,
+        "results": out.results,
+        "column_fields": out.column_fields,
+        "stats": {"elapsed_time_ms": out.elapsed_ms},
+        "results_total_doc_count": out.results.len(),
+        "status": "COMPLETED",
+    });
+    if !out.warnings.is_empty() {
+        resp["warnings"] = json!(out.warnings);
+    }
+    Ok(Json(resp))
+}

@@ -1,0 +1,199 @@
+//! Runs a query: plan through DataFusion over a catalog of live collections, then JSON results.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tarn_common::{TarnError, TarnResult};
+use tarn_storage::types::rockset_type_name;
+use tarn_storage::{DEFAULT_WORKSPACE, Storage};
+
+use crate::catalog::TarnCatalog;
+
+/// The catalog name tarn registers in DataFusion.
+pub const CATALOG: &str = "tarn";
+
+/// A query as the REST API receives it.
+#[derive(Debug, Clone, Default)]
+pub struct QueryRequest {
+    pub sql: String,
+    pub default_row_limit: Option<usize>,
+}
+
+/// One entry of `column_fields`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ColumnField {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+}
+
+/// A finished query.
+#[derive(Debug, Clone)]
+pub struct QueryOutput {
+    pub query_id: String,
+    pub results: Vec<Map<String, Value>>,
+    pub column_fields: Vec<ColumnField>,
+    pub collections: Vec<String>,
+    pub elapsed_ms: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Plans and runs SQL over the collections of a [`Storage`].
+pub struct QueryEngine {
+    ctx: SessionContext,
+}
+
+impl QueryEngine {
+    pub fn new(storage: Arc<Storage>) -> QueryEngine {
+        let mut config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG, DEFAULT_WORKSPACE)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(false)
+            .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
+        // Field names are case-sensitive in JSON, so identifiers are too.
+        config.options_mut().sql_parser.enable_ident_normalization = false;
+        let ctx = SessionContext::new_with_config(config);
+        ctx.register_catalog(CATALOG, Arc::new(TarnCatalog { storage }));
+        QueryEngine { ctx }
+    }
+
+    /// Runs one query.
+    pub async fn query(&self, req: &QueryRequest) -> TarnResult<QueryOutput> {
+        let started = Instant::now();
+        let query_id = uuid::Uuid::new_v4().to_string();
+        let df = self.ctx.sql(&req.sql).await.map_err(|e| query_error(e, &req.sql))?;
+        let collections = scanned_collections(df.logical_plan());
+        let schema = df.schema().as_arrow().clone();
+        let batches = df.collect().await.map_err(|e| query_error(e, &req.sql))?;
+        let names = output_names(&schema);
+        let mut results = Vec::new();
+        for b in &batches {
+            for row in tarn_storage::to_json::batch_to_json_rows(b) {
+                results.push(rename_row(row, &schema, &names));
+            }
+        }
+        if let Some(limit) = req.default_row_limit {
+            results.truncate(limit);
+        }
+        let column_fields = schema
+            .fields()
+            .iter()
+            .zip(&names)
+            .filter(|(f, _)| f.name() != tarn_storage::types::NULLS)
+            .map(|(f, n)| ColumnField { name: n.clone(), type_: rockset_type_name(f.data_type()).to_owned() })
+            .collect();
+        Ok(QueryOutput {
+            query_id,
+            results,
+            column_fields,
+            collections,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            warnings: Vec::new(),
+        })
+    }
+}
+
+/// Rockset names an unaliased path by its last component and an unaliased aggregate `?fn`.
+fn output_names(schema: &datafusion::arrow::datatypes::Schema) -> Vec<String> {
+    schema.fields().iter().map(|f| rockset_name(f.name(), f.data_type())).collect()
+}
+
+fn rockset_name(name: &str, _dt: &DataType) -> String {
+    if let Some(open) = name.find('(') {
+        let func = &name[..open];
+        if !func.is_empty() && func.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return format!("?{}", func.to_ascii_lowercase());
+        }
+    }
+    if let Some(stripped) = name.strip_suffix(']')
+        && let Some(open) = stripped.rfind('[')
+    {
+        return stripped[open + 1..].to_owned();
+    }
+    name.to_owned()
+}
+
+fn rename_row(row: Map<String, Value>, schema: &datafusion::arrow::datatypes::Schema, names: &[String]) -> Map<String, Value> {
+    if schema.fields().iter().zip(names).all(|(f, n)| f.name() == n) {
+        return row;
+    }
+    let mut out = Map::with_capacity(row.len());
+    let mut row = row;
+    for (f, n) in schema.fields().iter().zip(names) {
+        if let Some(v) = row.remove(f.name()) {
+            out.insert(n.clone(), v);
+        }
+    }
+    out
+}
+
+/// The collections a plan reads, as `workspace.collection`.
+fn scanned_collections(plan: &LogicalPlan) -> Vec<String> {
+    let mut out = Vec::new();
+    let _ = plan.apply_with_subqueries(|p| {
+        if let LogicalPlan::TableScan(scan) = p {
+            let t = &scan.table_name;
+            let name = format!("{}.{}", t.schema().unwrap_or(DEFAULT_WORKSPACE), t.table());
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    out
+}
+
+/// Converts a DataFusion error into a query error with line and column when the parser gave
+/// them, and with collection names in Rockset's words.
+pub fn query_error(e: DataFusionError, sql: &str) -> TarnError {
+    let _ = sql;
+    let text = e.to_string();
+    let message = text
+        .trim_start_matches("SQL error: ")
+        .trim_start_matches("Error during planning: ")
+        .trim_start_matches("ParserError(\"")
+        .to_owned();
+    let mut err = TarnError::query(message.clone());
+    if let Some(pos) = message.find("Line: ") {
+        let rest = &message[pos + 6..];
+        let line: Option<u64> = rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|s| s.parse().ok());
+        let column: Option<u64> = rest
+            .find("Column: ")
+            .and_then(|c| rest[c + 8..].split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse().ok());
+        if let (Some(l), Some(c)) = (line, column) {
+            err = err.at(l, c);
+        }
+    }
+    if let Some(rest) = message.strip_prefix("table '")
+        && let Some(end) = rest.find("' not found")
+    {
+        let full = &rest[..end];
+        let parts: Vec<&str> = full.split('.').collect();
+        let (ws, name) = match parts.as_slice() {
+            [_, ws, name] | [ws, name] => (*ws, *name),
+            _ => (DEFAULT_WORKSPACE, full),
+        };
+        err.message = format!("collection '{name}' not found in workspace '{ws}'");
+    }
+    err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_rockset() {
+        assert_eq!(rockset_name("count(*)", &DataType::Int64), "?count");
+        assert_eq!(rockset_name("max(CAST(t.timestamp_ms AS Int64))", &DataType::Int64), "?max");
+        assert_eq!(rockset_name("t.user[screen_name]", &DataType::Utf8), "screen_name");
+        assert_eq!(rockset_name("screen_name", &DataType::Utf8), "screen_name");
+    }
+}

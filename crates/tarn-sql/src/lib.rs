@@ -1,0 +1,8 @@
+//! SQL over tarn collections: DataFusion planning over live snapshots, pruning, JSON results.
+
+pub mod catalog;
+pub mod engine;
+pub mod prune;
+pub mod table;
+
+pub use engine::{ColumnField, QueryEngine, QueryOutput, QueryRequest};

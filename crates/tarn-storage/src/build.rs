@@ -1,0 +1,186 @@
+//! Builds an Arrow record batch from documents, one typed column per JSON path.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, ListArray, StringArray, StructArray,
+    TimestampMicrosecondArray, new_null_array,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::datatypes::{DataType, Field, Fields, Schema};
+use arrow::record_batch::RecordBatch;
+use serde_json::Value;
+
+use crate::document::Document;
+use crate::types::{self, EVENT_TIME, ID, META, NULLS};
+
+/// Builds one batch from documents. Its schema is the merge of the documents' own types.
+pub fn documents_to_batch(docs: &[Document]) -> RecordBatch {
+    let mut body_fields = Fields::empty();
+    let mut meta_type = DataType::Null;
+    for d in docs {
+        let DataType::Struct(f) = types::infer_object(&d.body) else { unreachable!() };
+        body_fields = types::merge_fields(&body_fields, &f);
+        meta_type = types::merge(&meta_type, &types::infer(&d.meta));
+    }
+    let mut fields: Vec<Field> = vec![
+        Field::new(ID, DataType::Utf8, false),
+        Field::new(EVENT_TIME, types::event_time_type(), false),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(docs.iter().map(|d| d.id.as_str()))),
+        Arc::new(TimestampMicrosecondArray::from_iter_values(docs.iter().map(|d| d.event_time)).with_timezone("UTC")),
+    ];
+    if meta_type != DataType::Null {
+        let metas: Vec<Option<&Value>> = docs.iter().map(|d| Some(&d.meta)).collect();
+        columns.push(build_array(&metas, &meta_type));
+        fields.push(Field::new(META, meta_type, true));
+    }
+    for f in body_fields.iter() {
+        let values: Vec<Option<&Value>> = docs.iter().map(|d| d.body.get(f.name())).collect();
+        columns.push(build_array(&values, f.data_type()));
+        fields.push(Field::new(f.name(), f.data_type().clone(), true));
+    }
+    let nulls: StringArray = docs.iter().map(|d| null_pointers(&d.body)).collect();
+    columns.push(Arc::new(nulls));
+    fields.push(Field::new(NULLS, DataType::Utf8, true));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns built to match their schema")
+}
+
+/// Builds an array of type `dt` from values (None is a missing value). The values must have
+/// been inferred into `dt` (every value's own type merges into it).
+pub fn build_array(values: &[Option<&Value>], dt: &DataType) -> ArrayRef {
+    match dt {
+        DataType::Null => new_null_array(dt, values.len()),
+        DataType::Boolean => Arc::new(values.iter().map(|v| v.and_then(Value::as_bool)).collect::<BooleanArray>()),
+        DataType::Int64 => Arc::new(values.iter().map(|v| v.and_then(Value::as_i64)).collect::<Int64Array>()),
+        DataType::Float64 => Arc::new(values.iter().map(|v| v.and_then(Value::as_f64)).collect::<Float64Array>()),
+        DataType::Utf8 => Arc::new(values.iter().map(|v| v.and_then(Value::as_str)).collect::<StringArray>()),
+        dt if types::is_variant(dt) => {
+            let text: StringArray = values.iter().map(|v| v.map(|v| v.to_string())).collect();
+            variant_array(text)
+        }
+        DataType::Struct(fields) => {
+            let validity = NullBuffer::from(values.iter().map(|v| v.is_some_and(Value::is_object)).collect::<Vec<_>>());
+            if fields.is_empty() {
+                return Arc::new(StructArray::new_empty_fields(values.len(), Some(validity)));
+            }
+            let children = fields
+                .iter()
+                .map(|f| {
+                    let child: Vec<Option<&Value>> = values
+                        .iter()
+                        .map(|v| v.and_then(Value::as_object).and_then(|o| o.get(f.name())))
+                        .collect();
+                    build_array(&child, f.data_type())
+                })
+                .collect();
+            Arc::new(StructArray::new(fields.clone(), children, Some(validity)))
+        }
+        DataType::List(item) => {
+            let mut offsets = Vec::with_capacity(values.len() + 1);
+            let mut elems: Vec<Option<&Value>> = Vec::new();
+            offsets.push(0i32);
+            for v in values {
+                if let Some(Value::Array(a)) = v {
+                    elems.extend(a.iter().map(Some));
+                }
+                offsets.push(elems.len() as i32);
+            }
+            let validity = NullBuffer::from(values.iter().map(|v| v.is_some_and(Value::is_array)).collect::<Vec<_>>());
+            let child = build_array(&elems, item.data_type());
+            Arc::new(ListArray::new(item.clone(), OffsetBuffer::new(offsets.into()), child, Some(validity)))
+        }
+        other => unreachable!("JSON never infers {other}"),
+    }
+}
+
+/// Wraps JSON texts as a variant array.
+pub fn variant_array(text: StringArray) -> ArrayRef {
+    let validity = text.nulls().cloned();
+    let DataType::Struct(fields) = types::variant_type() else { unreachable!() };
+    Arc::new(StructArray::new(fields, vec![Arc::new(text) as ArrayRef], validity))
+}
+
+/// The JSON pointers of the explicit nulls in a document body, as a JSON array text, or None.
+/// Nulls that are array elements are not listed: in an array, an Arrow null is always a JSON null.
+pub fn null_pointers(body: &serde_json::Map<String, Value>) -> Option<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut path = String::new();
+    collect_object_nulls(body, &mut path, &mut out);
+    (!out.is_empty()).then(|| serde_json::to_string(&out).expect("strings serialize"))
+}
+
+fn collect_object_nulls(obj: &serde_json::Map<String, Value>, path: &mut String, out: &mut Vec<String>) {
+    for (k, v) in obj {
+        let len = path.len();
+        push_pointer_segment(path, k);
+        match v {
+            Value::Null => out.push(path.clone()),
+            _ => collect_nulls(v, path, out),
+        }
+        path.truncate(len);
+    }
+}
+
+fn collect_nulls(v: &Value, path: &mut String, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => collect_object_nulls(o, path, out),
+        Value::Array(a) => {
+            for (i, item) in a.iter().enumerate() {
+                if matches!(item, Value::Object(_) | Value::Array(_)) {
+                    let len = path.len();
+                    path.push('/');
+                    path.push_str(&i.to_string());
+                    collect_nulls(item, path, out);
+                    path.truncate(len);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Appends `/segment` with JSON-pointer escaping (`~` → `~0`, `/` → `~1`).
+pub fn push_pointer_segment(path: &mut String, key: &str) {
+    path.push('/');
+    for c in key.chars() {
+        match c {
+            '~' => path.push_str("~0"),
+            '/' => path.push_str("~1"),
+            c => path.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(id: &str, body: Value) -> Document {
+        Document { id: id.into(), event_time: 1, meta: json!({"source": "api"}), body: body.as_object().unwrap().clone() }
+    }
+
+    #[test]
+    fn builds_typed_columns_and_variants() {
+        let b = documents_to_batch(&[
+            doc("1", json!({"a": 1, "u": {"n": "x"}, "m": 1})),
+            doc("2", json!({"a": 2, "u": {"n": "y", "k": [1, 2]}, "m": "one"})),
+        ]);
+        let s = b.schema();
+        assert_eq!(s.field_with_name("a").unwrap().data_type(), &DataType::Int64);
+        assert!(types::is_variant(s.field_with_name("m").unwrap().data_type()));
+        assert!(matches!(s.field_with_name("u").unwrap().data_type(), DataType::Struct(f) if f.len() == 2));
+        assert_eq!(b.num_rows(), 2);
+    }
+
+    #[test]
+    fn records_explicit_nulls_only() {
+        let body = json!({"a": null, "b": {"c": null, "d/e": null}, "l": [null, {"x": null}], "z": 1});
+        let p = null_pointers(body.as_object().unwrap()).unwrap();
+        let list: Vec<String> = serde_json::from_str(&p).unwrap();
+        assert_eq!(list, vec!["/a", "/b/c", "/b/d~1e", "/l/1/x"]);
+        assert_eq!(null_pointers(json!({"a": 1}).as_object().unwrap()), None);
+    }
+}

@@ -1,0 +1,935 @@
+//! One collection: its writer thread (log, apply, merge, seal), its sealer thread, and snapshots.
+//!
+//! Only the writer thread changes a collection. It takes write requests in order, appends a
+//! whole group of them to the log with one fsync, then applies them to the in-memory state
+//! and answers. Applying means: a new run (an immutable batch) joins the mutable segment, the
+//! `_id` index is updated, and rows that were replaced or deleted are marked in their
+//! segment's deletion bitmap. Queries take a [`Snapshot`]: the list of segments with the
+//! bitmaps of that moment, all behind `Arc`s, so a query never waits for ingest.
+//!
+//! When the mutable segment grows past a size or an age it is sealed: its runs are merged into
+//! one segment, the log moves to a new generation, and the sealer thread writes the segment
+//! (Arrow IPC through `object_store`), the changed deletion bitmaps and a new manifest, and
+//! only then deletes the old log generation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Schema, SchemaRef};
+use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::path::Path as ObjectPath;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tarn_common::{TarnError, TarnResult};
+use tokio::sync::oneshot;
+
+use crate::adapt::{adapt_batch, arrow_error};
+use crate::build::documents_to_batch;
+use crate::document::{Document, EventTimeInfo};
+use crate::segment::{DeleteBitmap, Segment, SegmentStats, decode_ipc, encode_ipc};
+use crate::types::{self, ID};
+use crate::wal::{self, LoggedDoc, WalRecord, WalWriter};
+
+/// What happened to one document of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocStatus {
+    Added,
+    Replaced,
+    Deleted,
+    Error(String),
+}
+
+impl DocStatus {
+    /// Rockset's uppercase status name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DocStatus::Added => "ADDED",
+            DocStatus::Replaced => "REPLACED",
+            DocStatus::Deleted => "DELETED",
+            DocStatus::Error(_) => "ERROR",
+        }
+    }
+}
+
+/// Settings of a collection that shape how it stores data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct CollectionOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time_info: Option<EventTimeInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_secs: Option<u64>,
+}
+
+/// When the mutable segment is sealed.
+#[derive(Debug, Clone, Copy)]
+pub struct SealPolicy {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub max_age: Duration,
+}
+
+impl Default for SealPolicy {
+    fn default() -> Self {
+        SealPolicy { max_rows: 65_536, max_bytes: 256 << 20, max_age: Duration::from_secs(600) }
+    }
+}
+
+/// A segment with the deletion bitmap of the moment it was taken.
+#[derive(Debug, Clone)]
+pub struct SegmentEntry {
+    pub segment: Arc<Segment>,
+    pub deleted: Arc<DeleteBitmap>,
+    /// False for runs of the mutable segment, whose rows are only in the log.
+    pub sealed: bool,
+}
+
+impl SegmentEntry {
+    pub fn live_rows(&self) -> u64 {
+        self.segment.stats.rows - self.deleted.count() as u64
+    }
+}
+
+/// A consistent view of a collection for one query.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The collection schema: the union of every segment's schema, which only grows.
+    pub schema: SchemaRef,
+    pub segments: Vec<SegmentEntry>,
+    /// Rows with an older `_event_time` are past retention and must not be returned.
+    pub retention_cutoff: Option<i64>,
+}
+
+/// Figures shown in the collection's `stats`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CollectionStats {
+    pub doc_count: u64,
+    pub total_size: u64,
+    pub last_updated_ms: i64,
+    pub segments: usize,
+    pub sealed_segments: usize,
+}
+
+struct State {
+    segments: BTreeMap<u64, SegmentEntry>,
+    schema: SchemaRef,
+    live_docs: u64,
+    last_updated_ms: i64,
+    /// Source positions covered by what is stored (see [`WalRecord::Insert`]).
+    checkpoints: BTreeMap<String, String>,
+}
+
+/// The manifest: what is durable in sealed segments, and where log replay starts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Manifest {
+    segments: Vec<ManifestSegment>,
+    wal_start: u64,
+    next_segment_id: u64,
+    schema: Option<Schema>,
+    checkpoints: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ManifestSegment {
+    id: u64,
+    stats: SegmentStats,
+    deleted_rows: usize,
+}
+
+/// A write prepared outside the writer thread: its Arrow batch and its framed log record.
+pub struct PreparedWrite {
+    batch: RecordBatch,
+    ids: Vec<String>,
+    framed: Vec<u8>,
+}
+
+enum WriterMsg {
+    Insert { write: PreparedWrite, checkpoints: Vec<(String, String)>, reply: oneshot::Sender<TarnResult<Vec<DocStatus>>> },
+    Delete { ids: Vec<String>, framed: Vec<u8>, reply: oneshot::Sender<TarnResult<Vec<DocStatus>>> },
+    Seal { reply: oneshot::Sender<TarnResult<()>> },
+}
+
+enum SealerMsg {
+    Persist(Box<SealJob>),
+    Barrier(oneshot::Sender<TarnResult<()>>),
+}
+
+struct SealJob {
+    new_segment: Option<Arc<Segment>>,
+    bitmaps: Vec<(u64, Arc<DeleteBitmap>)>,
+    dropped: Vec<u64>,
+    manifest: Manifest,
+    delete_wal_before: u64,
+}
+
+/// Where a document lives.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    segment: u64,
+    row: u32,
+}
+
+/// A collection of documents. Cheap to share; dropping the last handle stops its threads.
+pub struct Collection {
+    dir: PathBuf,
+    state: Arc<RwLock<State>>,
+    options: CollectionOptions,
+    writer_tx: Mutex<Option<Sender<WriterMsg>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Collection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collection").field("dir", &self.dir).finish()
+    }
+}
+
+fn manifest_path(dir: &Path) -> PathBuf {
+    dir.join("manifest.json")
+}
+
+fn segment_object(prefix: &ObjectPath, id: u64) -> ObjectPath {
+    prefix.clone().join("segments").join(format!("{id:016}.arrow"))
+}
+
+fn bitmap_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join("segments").join(format!("{id:016}.del"))
+}
+
+/// Writes a file atomically and durably: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> TarnResult<()> {
+    use std::io::Write;
+    let dir = path.parent().ok_or_else(|| TarnError::internal("path without parent"))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    wal::sync_dir(dir)
+}
+
+/// Turns logged documents back into documents (replay).
+fn logged_to_documents(docs: Vec<LoggedDoc>) -> TarnResult<Vec<(Document, Vec<u8>)>> {
+    docs.into_iter()
+        .map(|d| {
+            let mut body = match serde_json::from_slice::<Value>(&d.json) {
+                Ok(Value::Object(m)) => m,
+                _ => return Err(TarnError::internal(format!("logged document {} is not an object", d.id))),
+            };
+            for k in [types::ID, types::EVENT_TIME, types::META] {
+                body.remove(k);
+            }
+            let meta = serde_json::from_slice(&d.meta).unwrap_or(Value::Null);
+            Ok((Document { id: d.id, event_time: d.event_time, meta, body }, d.json))
+        })
+        .collect()
+}
+
+/// Builds the batch and the log record for documents (done by the caller's thread).
+pub fn prepare_write(docs: Vec<(Document, Vec<u8>)>, checkpoints: &[(String, String)]) -> PreparedWrite {
+    let plain: Vec<Document> = docs.iter().map(|(d, _)| d.clone()).collect();
+    let batch = documents_to_batch(&plain);
+    let ids = plain.iter().map(|d| d.id.clone()).collect();
+    let logged = docs
+        .into_iter()
+        .map(|(d, json)| LoggedDoc {
+            id: d.id,
+            event_time: d.event_time,
+            meta: serde_json::to_vec(&d.meta).expect("JSON values serialize"),
+            json,
+        })
+        .collect();
+    let mut framed = Vec::new();
+    WalRecord::Insert { docs: logged, checkpoints: checkpoints.to_vec() }.encode_into(&mut framed);
+    PreparedWrite { batch, ids, framed }
+}
+
+impl Collection {
+    /// Opens (or creates) a collection in `dir`, replaying its log. `store` is the object
+    /// store holding segment files under `prefix`.
+    pub fn open(
+        dir: PathBuf,
+        store: Arc<dyn ObjectStore>,
+        prefix: ObjectPath,
+        options: CollectionOptions,
+        policy: SealPolicy,
+    ) -> TarnResult<Arc<Collection>> {
+        std::fs::create_dir_all(dir.join("wal"))?;
+        std::fs::create_dir_all(dir.join("segments"))?;
+        let manifest: Manifest = match std::fs::read(manifest_path(&dir)) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| TarnError::internal(format!("{} is corrupt: {e}", manifest_path(&dir).display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest { wal_start: 1, next_segment_id: 1, ..Default::default() },
+            Err(e) => return Err(e.into()),
+        };
+        let mut schema: SchemaRef = Arc::new(manifest.schema.clone().unwrap_or_else(|| types::base_schema().as_ref().clone()));
+        let mut segments = BTreeMap::new();
+        let mut index: HashMap<String, Loc> = HashMap::new();
+        let mut live_docs = 0;
+        for ms in &manifest.segments {
+            let bytes = futures::executor::block_on(async { store.get(&segment_object(&prefix, ms.id)).await?.bytes().await })
+                .map_err(|e| TarnError::internal(format!("cannot read segment {} of {}: {e}", ms.id, dir.display())))?;
+            let batch = decode_ipc(bytes)?;
+            let deleted = match std::fs::read(bitmap_path(&dir, ms.id)) {
+                Ok(b) => DeleteBitmap::from_bytes(&b),
+                Err(_) => DeleteBitmap::default(),
+            };
+            let ids = batch.column_by_name(ID).ok_or_else(|| TarnError::internal("segment without _id"))?.as_string::<i32>().clone();
+            for row in 0..ids.len() {
+                if !deleted.contains(row) {
+                    index.insert(ids.value(row).to_owned(), Loc { segment: ms.id, row: row as u32 });
+                }
+            }
+            schema = types::merge_schemas(&schema, &batch.schema());
+            let segment = Arc::new(Segment { id: ms.id, batch, stats: ms.stats.clone() });
+            live_docs += segment.stats.rows - deleted.count() as u64;
+            segments.insert(ms.id, SegmentEntry { segment, deleted: Arc::new(deleted), sealed: true });
+        }
+        let state = Arc::new(RwLock::new(State {
+            segments,
+            schema,
+            live_docs,
+            last_updated_ms: 0,
+            checkpoints: manifest.checkpoints.clone(),
+        }));
+        let wal_dir = dir.join("wal");
+        let generations: Vec<u64> = wal::list_generations(&wal_dir)?.into_iter().filter(|g| *g >= manifest.wal_start).collect();
+        let (sealer_tx, sealer_rx) = mpsc::channel();
+        let mut writer = Writer {
+            dir: dir.clone(),
+            state: state.clone(),
+            index,
+            mutable: Vec::new(),
+            mutable_since: None,
+            next_segment_id: manifest.next_segment_id.max(1),
+            wal: None,
+            wal_start: manifest.wal_start,
+            policy,
+            retention: options.retention_secs,
+            sealer: sealer_tx,
+            persisted_bitmaps: manifest.segments.iter().map(|s| (s.id, s.deleted_rows)).collect(),
+        };
+        let mut replayed = 0usize;
+        for g in &generations {
+            for rec in wal::read_generation(&wal::generation_path(&wal_dir, *g))? {
+                replayed += 1;
+                match rec {
+                    WalRecord::Insert { docs, checkpoints } => {
+                        let docs = logged_to_documents(docs)?;
+                        let write = prepare_write(docs, &[]);
+                        writer.apply_insert(write, &checkpoints);
+                    }
+                    WalRecord::Delete { ids } => {
+                        writer.apply_delete(&ids);
+                    }
+                }
+            }
+        }
+        let current = generations.last().copied().unwrap_or(manifest.wal_start);
+        writer.wal = Some(WalWriter::open(&wal_dir, current)?);
+        if replayed > 0 {
+            tracing::info!(collection = %dir.display(), records = replayed, docs = state.read().live_docs, "replayed the log");
+        }
+        let (tx, rx) = mpsc::channel();
+        let sealer_dir = dir.clone();
+        let sealer = std::thread::Builder::new()
+            .name("tarn-sealer".into())
+            .spawn(move || run_sealer(sealer_dir, store, prefix, sealer_rx))?;
+        let writer_thread = std::thread::Builder::new().name("tarn-writer".into()).spawn(move || writer.run(rx))?;
+        Ok(Arc::new(Collection {
+            dir,
+            state,
+            options,
+            writer_tx: Mutex::new(Some(tx)),
+            threads: Mutex::new(vec![writer_thread, sealer]),
+        }))
+    }
+
+    pub fn options(&self) -> &CollectionOptions {
+        &self.options
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn send(&self, msg: WriterMsg) -> TarnResult<()> {
+        let tx = self.writer_tx.lock();
+        match tx.as_ref() {
+            Some(tx) => tx.send(msg).map_err(|_| TarnError::unavailable("the collection is closed")),
+            None => Err(TarnError::unavailable("the collection is closed")),
+        }
+    }
+
+    /// Stores documents; answers once they are durable and visible. Each document's JSON text
+    /// is logged as given.
+    pub async fn insert(&self, docs: Vec<(Document, Vec<u8>)>, checkpoints: Vec<(String, String)>) -> TarnResult<Vec<DocStatus>> {
+        let cp = checkpoints.clone();
+        let write = tokio::task::spawn_blocking(move || prepare_write(docs, &cp))
+            .await
+            .map_err(|e| TarnError::internal(format!("preparing the write failed: {e}")))?;
+        let (reply, rx) = oneshot::channel();
+        self.send(WriterMsg::Insert { write, checkpoints, reply })?;
+        rx.await.map_err(|_| TarnError::unavailable("the collection closed during the write"))?
+    }
+
+    /// The blocking form of [`Collection::insert`], for threads outside the async runtime.
+    pub fn insert_blocking(&self, docs: Vec<(Document, Vec<u8>)>, checkpoints: Vec<(String, String)>) -> TarnResult<Vec<DocStatus>> {
+        let write = prepare_write(docs, &checkpoints);
+        let (reply, rx) = oneshot::channel();
+        self.send(WriterMsg::Insert { write, checkpoints, reply })?;
+        rx.blocking_recv().map_err(|_| TarnError::unavailable("the collection closed during the write"))?
+    }
+
+    /// Deletes documents by `_id`; answers once durable.
+    pub async fn delete(&self, ids: Vec<String>) -> TarnResult<Vec<DocStatus>> {
+        let mut framed = Vec::new();
+        WalRecord::Delete { ids: ids.clone() }.encode_into(&mut framed);
+        let (reply, rx) = oneshot::channel();
+        self.send(WriterMsg::Delete { ids, framed, reply })?;
+        rx.await.map_err(|_| TarnError::unavailable("the collection closed during the write"))?
+    }
+
+    /// Seals the mutable segment now and waits until it is durable on disk.
+    pub async fn seal(&self) -> TarnResult<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriterMsg::Seal { reply })?;
+        rx.await.map_err(|_| TarnError::unavailable("the collection closed during sealing"))?
+    }
+
+    /// A consistent view for a query.
+    pub fn snapshot(&self) -> Snapshot {
+        let s = self.state.read();
+        Snapshot {
+            schema: s.schema.clone(),
+            segments: s.segments.values().cloned().collect(),
+            retention_cutoff: self.options.retention_secs.map(|r| tarn_common::time::now_micros() - r as i64 * 1_000_000),
+        }
+    }
+
+    /// The collection schema (union of all segments').
+    pub fn schema(&self) -> SchemaRef {
+        self.state.read().schema.clone()
+    }
+
+    pub fn stats(&self) -> CollectionStats {
+        let s = self.state.read();
+        CollectionStats {
+            doc_count: s.live_docs,
+            total_size: s.segments.values().map(|e| e.segment.stats.bytes).sum(),
+            last_updated_ms: s.last_updated_ms,
+            segments: s.segments.len(),
+            sealed_segments: s.segments.values().filter(|e| e.sealed).count(),
+        }
+    }
+
+    /// Source positions covered by stored documents.
+    pub fn checkpoints(&self) -> BTreeMap<String, String> {
+        self.state.read().checkpoints.clone()
+    }
+
+    /// Stops the threads after they finish what was sent; everything acknowledged is in the
+    /// log already, so nothing needs flushing for durability.
+    pub fn close(&self) {
+        self.writer_tx.lock().take();
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Collection {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    state: Arc<RwLock<State>>,
+    index: HashMap<String, Loc>,
+    /// Ids of the runs of the mutable segment, oldest first.
+    mutable: Vec<u64>,
+    mutable_since: Option<Instant>,
+    next_segment_id: u64,
+    wal: Option<WalWriter>,
+    wal_start: u64,
+    policy: SealPolicy,
+    retention: Option<u64>,
+    sealer: Sender<SealerMsg>,
+    /// Deleted-row counts of bitmaps as last persisted, to write only changed ones.
+    persisted_bitmaps: HashMap<u64, usize>,
+}
+
+const TICK: Duration = Duration::from_millis(500);
+const MAX_GROUP: usize = 256;
+
+impl Writer {
+    fn run(mut self, rx: Receiver<WriterMsg>) {
+        let mut last_retention = Instant::now();
+        loop {
+            let first = match rx.recv_timeout(TICK) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if let Some(first) = first {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(m) => group.push(m),
+                        Err(_) => break,
+                    }
+                }
+                self.handle_group(group);
+            }
+            if self.mutable_since.is_some_and(|t| t.elapsed() >= self.policy.max_age) {
+                if let Err(e) = self.seal() {
+                    tracing::error!(collection = %self.dir.display(), error = %e, "sealing failed");
+                }
+            }
+            if self.retention.is_some() && last_retention.elapsed() >= Duration::from_secs(1) {
+                last_retention = Instant::now();
+                self.apply_retention();
+            }
+        }
+        // Wait for the sealer to finish what it was given.
+        let (tx, rx) = oneshot::channel();
+        if self.sealer.send(SealerMsg::Barrier(tx)).is_ok() {
+            let _ = rx.blocking_recv();
+        }
+    }
+
+    fn handle_group(&mut self, group: Vec<WriterMsg>) {
+        let mut framed = Vec::new();
+        for m in &group {
+            match m {
+                WriterMsg::Insert { write, .. } => framed.extend_from_slice(&write.framed),
+                WriterMsg::Delete { framed: f, .. } => framed.extend_from_slice(f),
+                WriterMsg::Seal { .. } => {}
+            }
+        }
+        if !framed.is_empty() {
+            let wal = self.wal.as_mut().expect("log is open while running");
+            if let Err(e) = wal.append_durable(&framed) {
+                // Nothing of the group is applied or acknowledged.
+                tracing::error!(collection = %self.dir.display(), error = %e, "log append failed");
+                for m in group {
+                    let err = TarnError::internal(format!("the write could not be logged: {e}"));
+                    match m {
+                        WriterMsg::Insert { reply, .. } | WriterMsg::Delete { reply, .. } => {
+                            let _ = reply.send(Err(err));
+                        }
+                        WriterMsg::Seal { reply } => {
+                            let _ = reply.send(Err(err));
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        for m in group {
+            match m {
+                WriterMsg::Insert { write, checkpoints, reply } => {
+                    let statuses = self.apply_insert(write, &checkpoints);
+                    let _ = reply.send(Ok(statuses));
+                }
+                WriterMsg::Delete { ids, reply, .. } => {
+                    let statuses = self.apply_delete(&ids);
+                    let _ = reply.send(Ok(statuses));
+                }
+                WriterMsg::Seal { reply } => {
+                    let r = self.seal().and_then(|_| self.sealer_barrier());
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        let (rows, bytes) = self.mutable_size();
+        if rows >= self.policy.max_rows || bytes >= self.policy.max_bytes {
+            if let Err(e) = self.seal() {
+                tracing::error!(collection = %self.dir.display(), error = %e, "sealing failed");
+            }
+        }
+    }
+
+    fn sealer_barrier(&self) -> TarnResult<()> {
+        let (tx, rx) = oneshot::channel();
+        self.sealer.send(SealerMsg::Barrier(tx)).map_err(|_| TarnError::internal("the sealer stopped"))?;
+        rx.blocking_recv().map_err(|_| TarnError::internal("the sealer stopped"))?
+    }
+
+    fn mutable_size(&self) -> (usize, usize) {
+        let s = self.state.read();
+        self.mutable.iter().filter_map(|id| s.segments.get(id)).fold((0, 0), |(r, b), e| {
+            (r + e.segment.stats.rows as usize, b + e.segment.stats.bytes as usize)
+        })
+    }
+
+    fn apply_insert(&mut self, write: PreparedWrite, checkpoints: &[(String, String)]) -> Vec<DocStatus> {
+        let seg_id = self.next_segment_id;
+        self.next_segment_id += 1;
+        let mut own_deleted = DeleteBitmap::default();
+        let mut elsewhere: Vec<Loc> = Vec::new();
+        let mut statuses = Vec::with_capacity(write.ids.len());
+        for (row, id) in write.ids.into_iter().enumerate() {
+            match self.index.insert(id, Loc { segment: seg_id, row: row as u32 }) {
+                Some(old) if old.segment == seg_id => {
+                    own_deleted.insert(old.row as usize);
+                    statuses.push(DocStatus::Replaced);
+                }
+                Some(old) => {
+                    elsewhere.push(old);
+                    statuses.push(DocStatus::Replaced);
+                }
+                None => statuses.push(DocStatus::Added),
+            }
+        }
+        let segment = Segment::new(seg_id, write.batch);
+        let added = segment.stats.rows - own_deleted.count() as u64;
+        {
+            let mut s = self.state.write();
+            let replaced_elsewhere = mark_deleted(&mut s, &elsewhere);
+            s.schema = types::merge_schemas(&s.schema, &segment.batch.schema());
+            s.segments.insert(seg_id, SegmentEntry { segment, deleted: Arc::new(own_deleted), sealed: false });
+            s.live_docs = s.live_docs + added - replaced_elsewhere;
+            s.last_updated_ms = chrono::Utc::now().timestamp_millis();
+            for (k, v) in checkpoints {
+                s.checkpoints.insert(k.clone(), v.clone());
+            }
+        }
+        self.mutable.push(seg_id);
+        self.mutable_since.get_or_insert_with(Instant::now);
+        self.merge_runs();
+        statuses
+    }
+
+    fn apply_delete(&mut self, ids: &[String]) -> Vec<DocStatus> {
+        let mut locs = Vec::new();
+        let statuses = ids
+            .iter()
+            .map(|id| match self.index.remove(id) {
+                Some(loc) => {
+                    locs.push(loc);
+                    DocStatus::Deleted
+                }
+                None => DocStatus::Error(format!("no document with _id '{id}'")),
+            })
+            .collect();
+        let mut s = self.state.write();
+        let n = mark_deleted(&mut s, &locs);
+        s.live_docs -= n;
+        s.last_updated_ms = chrono::Utc::now().timestamp_millis();
+        statuses
+    }
+
+    /// Keeps the number of runs logarithmic: merges the newest two while the older is not
+    /// more than twice the newer, so every row is copied O(log n) times.
+    fn merge_runs(&mut self) {
+        while self.mutable.len() >= 2 {
+            let (older, newer) = {
+                let s = self.state.read();
+                let rows = |id: &u64| s.segments.get(id).map_or(0, |e| e.segment.stats.rows);
+                (rows(&self.mutable[self.mutable.len() - 2]), rows(&self.mutable[self.mutable.len() - 1]))
+            };
+            if older > newer * 2 {
+                break;
+            }
+            let ids = self.mutable.split_off(self.mutable.len() - 2);
+            match self.merge_segments(&ids, false) {
+                Ok(id) => self.mutable.push(id),
+                Err(e) => {
+                    tracing::error!(error = %e, "merging runs failed; keeping them apart");
+                    self.mutable.extend(ids);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Replaces segments by one holding their live rows; returns the new id.
+    fn merge_segments(&mut self, ids: &[u64], sealed: bool) -> TarnResult<u64> {
+        let entries: Vec<SegmentEntry> = {
+            let s = self.state.read();
+            ids.iter().filter_map(|id| s.segments.get(id).cloned()).collect()
+        };
+        let mut schema: SchemaRef = Arc::new(Schema::empty());
+        for e in &entries {
+            schema = types::merge_schemas(&schema, &e.segment.batch.schema());
+        }
+        let mut batches = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let mut b = adapt_batch(&e.segment.batch, &schema)?;
+            if !e.deleted.is_empty() {
+                b = arrow::compute::filter_record_batch(&b, &e.deleted.keep_mask(b.num_rows())).map_err(arrow_error)?;
+            }
+            batches.push(b);
+        }
+        let merged = arrow::compute::concat_batches(&schema, &batches).map_err(arrow_error)?;
+        let new_id = self.next_segment_id;
+        self.next_segment_id += 1;
+        let segment = Segment::new(new_id, merged);
+        let ids_col = segment.batch.column_by_name(ID).expect("segments have _id").as_string::<i32>();
+        for row in 0..ids_col.len() {
+            self.index.insert(ids_col.value(row).to_owned(), Loc { segment: new_id, row: row as u32 });
+        }
+        let mut s = self.state.write();
+        for id in ids {
+            s.segments.remove(id);
+        }
+        s.segments.insert(new_id, SegmentEntry { segment, deleted: Arc::new(DeleteBitmap::default()), sealed });
+        Ok(new_id)
+    }
+
+    /// Seals the mutable segment: merge, move the log to a new generation, hand to the sealer.
+    fn seal(&mut self) -> TarnResult<()> {
+        self.mutable_since = None;
+        let new_segment = if self.mutable.is_empty() {
+            None
+        } else {
+            let ids = std::mem::take(&mut self.mutable);
+            let id = self.merge_segments(&ids, true)?;
+            self.state.read().segments.get(&id).map(|e| e.segment.clone())
+        };
+        let old_generation = self.wal.as_ref().map_or(self.wal_start, |w| w.generation);
+        let next = old_generation + 1;
+        self.wal = Some(WalWriter::open(&self.dir.join("wal"), next)?);
+        self.wal_start = next;
+        self.send_manifest(new_segment, Vec::new(), next)
+    }
+
+    /// Sends the sealer the current manifest, with the bitmaps that changed since last time.
+    fn send_manifest(&mut self, new_segment: Option<Arc<Segment>>, dropped: Vec<u64>, delete_wal_before: u64) -> TarnResult<()> {
+        let s = self.state.read();
+        let mut bitmaps = Vec::new();
+        let mut segments = Vec::new();
+        for e in s.segments.values().filter(|e| e.sealed) {
+            let n = e.deleted.count();
+            if self.persisted_bitmaps.get(&e.segment.id).copied().unwrap_or(0) != n {
+                bitmaps.push((e.segment.id, e.deleted.clone()));
+                self.persisted_bitmaps.insert(e.segment.id, n);
+            }
+            segments.push(ManifestSegment { id: e.segment.id, stats: e.segment.stats.clone(), deleted_rows: n });
+        }
+        let manifest = Manifest {
+            segments,
+            wal_start: self.wal_start,
+            next_segment_id: self.next_segment_id,
+            schema: Some(s.schema.as_ref().clone()),
+            checkpoints: s.checkpoints.clone(),
+        };
+        drop(s);
+        self.sealer
+            .send(SealerMsg::Persist(Box::new(SealJob { new_segment, bitmaps, dropped, manifest, delete_wal_before })))
+            .map_err(|_| TarnError::internal("the sealer stopped"))
+    }
+
+    /// Drops whole segments past retention; partial ones are filtered at query time.
+    fn apply_retention(&mut self) {
+        let Some(secs) = self.retention else { return };
+        let cutoff = tarn_common::time::now_micros() - secs as i64 * 1_000_000;
+        let expired: Vec<SegmentEntry> = {
+            let s = self.state.read();
+            s.segments.values().filter(|e| e.segment.stats.max_event_time < cutoff).cloned().collect()
+        };
+        if expired.is_empty() {
+            return;
+        }
+        let mut dropped = Vec::new();
+        {
+            let mut s = self.state.write();
+            for e in &expired {
+                s.segments.remove(&e.segment.id);
+                s.live_docs -= e.live_rows();
+                self.mutable.retain(|id| *id != e.segment.id);
+                if e.sealed {
+                    dropped.push(e.segment.id);
+                }
+            }
+        }
+        for e in &expired {
+            let ids = e.segment.batch.column_by_name(ID).expect("segments have _id").as_string::<i32>();
+            for row in 0..ids.len() {
+                if self.index.get(ids.value(row)).is_some_and(|l| l.segment == e.segment.id) {
+                    self.index.remove(ids.value(row));
+                }
+            }
+        }
+        tracing::info!(collection = %self.dir.display(), segments = expired.len(), "dropped segments past retention");
+        if !dropped.is_empty() {
+            for id in &dropped {
+                self.persisted_bitmaps.remove(id);
+            }
+            let wal_start = self.wal_start;
+            if let Err(e) = self.send_manifest(None, dropped, wal_start) {
+                tracing::error!(error = %e, "cannot persist retention");
+            }
+        }
+    }
+}
+
+/// Marks rows deleted in their segments; returns how many were live.
+fn mark_deleted(s: &mut State, locs: &[Loc]) -> u64 {
+    let mut n = 0;
+    for loc in locs {
+        if let Some(e) = s.segments.get_mut(&loc.segment) {
+            n += Arc::make_mut(&mut e.deleted).insert(loc.row as usize) as u64;
+        }
+    }
+    n
+}
+
+fn run_sealer(dir: PathBuf, store: Arc<dyn ObjectStore>, prefix: ObjectPath, rx: Receiver<SealerMsg>) {
+    let mut failed: Option<TarnError> = None;
+    for msg in rx {
+        match msg {
+            SealerMsg::Persist(job) => {
+                if let Err(e) = persist(&dir, store.as_ref(), &prefix, *job) {
+                    tracing::error!(collection = %dir.display(), error = %e, "persisting a segment failed; the log keeps the data");
+                    failed = Some(e);
+                }
+            }
+            SealerMsg::Barrier(reply) => {
+                let _ = reply.send(match failed.take() {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                });
+            }
+        }
+    }
+}
+
+fn persist(dir: &Path, store: &dyn ObjectStore, prefix: &ObjectPath, job: SealJob) -> TarnResult<()> {
+    if let Some(seg) = &job.new_segment {
+        let bytes = encode_ipc(&seg.batch)?;
+        let path = segment_object(prefix, seg.id);
+        futures::executor::block_on(store.put(&path, bytes.into()))
+            .map_err(|e| TarnError::internal(format!("writing segment {}: {e}", seg.id)))?;
+        // The local store renames into place without fsync: make it durable before the log goes.
+        let local = dir.join("segments").join(format!("{:016}.arrow", seg.id));
+        if local.exists() {
+            std::fs::File::open(&local)?.sync_all()?;
+            wal::sync_dir(&dir.join("segments"))?;
+        }
+    }
+    for (id, bitmap) in &job.bitmaps {
+        write_atomic(&bitmap_path(dir, *id), &bitmap.to_bytes())?;
+    }
+    let manifest = serde_json::to_vec_pretty(&job.manifest).map_err(|e| TarnError::internal(e.to_string()))?;
+    write_atomic(&manifest_path(dir), &manifest)?;
+    for g in wal::list_generations(&dir.join("wal"))? {
+        if g < job.delete_wal_before {
+            std::fs::remove_file(wal::generation_path(&dir.join("wal"), g))?;
+        }
+    }
+    for id in job.dropped {
+        let _ = futures::executor::block_on(store.delete(&segment_object(prefix, id)));
+        let _ = std::fs::remove_file(bitmap_path(dir, id));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::{IngestContext, prepare};
+    use serde_json::json;
+
+    fn open(dir: &Path, policy: SealPolicy) -> Arc<Collection> {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap());
+        Collection::open(dir.to_path_buf(), store, ObjectPath::from(""), CollectionOptions::default(), policy).unwrap()
+    }
+
+    fn docs(values: &[Value]) -> Vec<(Document, Vec<u8>)> {
+        let meta = json!({"source": "test"});
+        values
+            .iter()
+            .map(|v| {
+                let ctx = IngestContext { event_time_info: None, now_micros: 1_000, meta: &meta };
+                (prepare(v.clone(), &ctx).unwrap(), serde_json::to_vec(v).unwrap())
+            })
+            .collect()
+    }
+
+    fn live_ids(c: &Collection) -> Vec<String> {
+        let snap = c.snapshot();
+        let mut out = Vec::new();
+        for e in &snap.segments {
+            let ids = e.segment.batch.column_by_name(ID).unwrap().as_string::<i32>();
+            for r in 0..ids.len() {
+                if !e.deleted.contains(r) {
+                    out.push(ids.value(r).to_owned());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn insert_replace_delete_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(dir.path(), SealPolicy::default());
+        let st = c.insert_blocking(docs(&[json!({"_id": "a", "v": 1}), json!({"_id": "b", "v": 2})]), vec![]).unwrap();
+        assert_eq!(st, vec![DocStatus::Added, DocStatus::Added]);
+        let st = c.insert_blocking(docs(&[json!({"_id": "a", "v": "one"})]), vec![("s".into(), "7".into())]).unwrap();
+        assert_eq!(st, vec![DocStatus::Replaced]);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let st = rt.block_on(c.delete(vec!["b".into(), "zz".into()])).unwrap();
+        assert_eq!(st[0], DocStatus::Deleted);
+        assert!(matches!(st[1], DocStatus::Error(_)));
+        assert_eq!(c.stats().doc_count, 1);
+        assert_eq!(live_ids(&c), vec!["a"]);
+        c.close();
+        drop(c);
+        let c = open(dir.path(), SealPolicy::default());
+        assert_eq!(live_ids(&c), vec!["a"]);
+        assert_eq!(c.stats().doc_count, 1);
+        assert_eq!(c.checkpoints().get("s").map(String::as_str), Some("7"));
+    }
+
+    #[test]
+    fn sealing_persists_segments_and_truncates_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = SealPolicy { max_rows: 10, ..Default::default() };
+        let c = open(dir.path(), policy);
+        for i in 0..35 {
+            c.insert_blocking(docs(&[json!({"_id": i.to_string(), "n": i})]), vec![]).unwrap();
+        }
+        c.insert_blocking(docs(&[json!({"_id": "3", "n": "replaced"})]), vec![]).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(c.delete(vec!["4".into()])).unwrap();
+        rt.block_on(c.seal()).unwrap();
+        let stats = c.stats();
+        assert_eq!(stats.doc_count, 34);
+        assert!(stats.sealed_segments >= 3, "{stats:?}");
+        let wal_files = wal::list_generations(&dir.path().join("wal")).unwrap();
+        assert_eq!(wal_files.len(), 1, "old generations are deleted: {wal_files:?}");
+        let before = live_ids(&c);
+        c.close();
+        drop(c);
+        let c = open(dir.path(), policy);
+        assert_eq!(live_ids(&c), before);
+        assert_eq!(c.stats().doc_count, 34);
+    }
+
+    #[test]
+    fn many_small_writes_keep_few_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(dir.path(), SealPolicy::default());
+        for i in 0..200 {
+            c.insert_blocking(docs(&[json!({"i": i})]), vec![]).unwrap();
+        }
+        let s = c.stats();
+        assert_eq!(s.doc_count, 200);
+        assert!(s.segments <= 10, "{s:?}");
+    }
+}

@@ -1,0 +1,22 @@
+//! tarn's storage engine: documents in, consistent columnar snapshots out, nothing lost.
+//!
+//! - [`jsonscan`] splits request bodies into documents without recursion.
+//! - [`document`] resolves `_id`, `_event_time` and `_meta`.
+//! - [`types`], [`build`], [`adapt`], [`to_json`]: the JSON ⇄ Arrow mapping.
+//! - [`wal`]: the write-ahead log. [`segment`]: batches, statistics, deletion bitmaps.
+//! - [`collection`]: one collection's writer and sealer. [`catalog`]: all of them.
+
+pub mod adapt;
+pub mod build;
+pub mod catalog;
+pub mod collection;
+pub mod document;
+pub mod jsonscan;
+pub mod segment;
+pub mod to_json;
+pub mod types;
+pub mod wal;
+
+pub use catalog::{CollectionInfo, DEFAULT_WORKSPACE, Storage, WorkspaceInfo};
+pub use collection::{Collection, CollectionOptions, CollectionStats, DocStatus, SealPolicy, SegmentEntry, Snapshot};
+pub use document::{Document, EventTimeInfo, IngestContext};

@@ -1,0 +1,114 @@
+//! The `tarn` command: `serve` runs the database; `demo` runs it with a built-in tweet stream.
+
+mod demo;
+mod tweets;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tarn_storage::{SealPolicy, Storage};
+
+#[derive(Parser)]
+#[command(name = "tarn", version, about = "A real-time analytics database with Rockset's API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Run the server with the collection `twitter-kinesis-demo` fed by generated tweets.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ServeArgs {
+    /// Where collections, logs and segments are kept.
+    #[arg(long, env = "TARN_DATA_DIR", default_value = "./tarn-data")]
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API (port 0 picks a free port).
+    #[arg(long, env = "TARN_HTTP", default_value = "127.0.0.1:3000")]
+    pub http: SocketAddr,
+    /// Seal the mutable segment after this many documents.
+    #[arg(long, env = "TARN_SEAL_ROWS", default_value_t = SealPolicy::default().max_rows)]
+    pub seal_rows: usize,
+    /// Seal the mutable segment after this many seconds.
+    #[arg(long, env = "TARN_SEAL_SECS", default_value_t = SealPolicy::default().max_age.as_secs())]
+    pub seal_secs: u64,
+}
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Tweets per second from the built-in producer.
+    #[arg(long, default_value_t = 50)]
+    pub rate: u64,
+}
+
+impl ServeArgs {
+    fn policy(&self) -> SealPolicy {
+        SealPolicy { max_rows: self.seal_rows, max_age: std::time::Duration::from_secs(self.seal_secs), ..SealPolicy::default() }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(args) => rt.block_on(serve(args, None)),
+        Command::Demo(args) => rt.block_on(demo::run(args)),
+    }
+}
+
+/// Opens the data directory, serves until SIGINT or SIGTERM, then stops cleanly.
+/// `on_ready` runs once the server accepts requests.
+pub async fn serve(args: ServeArgs, on_ready: Option<Box<dyn FnOnce(Arc<Storage>, SocketAddr) + Send>>) -> anyhow::Result<()> {
+    let policy = args.policy();
+    let data_dir = args.data_dir.clone();
+    let storage = tokio::task::spawn_blocking(move || Storage::open(&data_dir, policy))
+        .await?
+        .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("binding {}", args.http))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(data_dir = %storage.dir().display(), "tarn listening on http://{addr}");
+    // A machine-readable line for scripts and tests that start tarn on port 0.
+    println!("tarn listening on http://{addr}");
+    let state = tarn_server::AppState::new(storage.clone());
+    if let Some(f) = on_ready {
+        f(storage.clone(), addr);
+    }
+    tarn_server::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("shutting down");
+    let s = storage.clone();
+    tokio::task::spawn_blocking(move || s.close()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
