@@ -69,7 +69,12 @@ pub struct TarnError {
 
 impl TarnError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        TarnError { kind, message: message.into(), line: None, column: None }
+        TarnError {
+            kind,
+            message: message.into(),
+            line: None,
+            column: None,
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidInput, message)

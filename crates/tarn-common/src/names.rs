@@ -15,12 +15,19 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), TarnError> {
             name.len()
         )));
     }
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
         return Err(TarnError::invalid(format!(
             "{what} name '{name}' contains '{bad}': use only letters, digits, '_' and '-'"
         )));
     }
-    if !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+    if !name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+    {
         return Err(TarnError::invalid(format!(
             "{what} name '{name}' must start with a letter or a digit"
         )));
@@ -44,7 +51,12 @@ mod tests {
         let e = validate_name("collection", "has space").unwrap_err();
         assert!(e.message.contains("' '"), "{}", e.message);
         assert!(validate_name("collection", "").is_err());
-        assert!(validate_name("collection", "_x").unwrap_err().message.contains("start"));
+        assert!(
+            validate_name("collection", "_x")
+                .unwrap_err()
+                .message
+                .contains("start")
+        );
         assert!(validate_name("collection", &"a".repeat(101)).is_err());
         assert!(validate_name("collection", "a.b").is_err());
     }

@@ -27,7 +27,11 @@ pub fn parse_iso8601_micros(s: &str) -> Option<i64> {
             return Some(t.timestamp_micros());
         }
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(t.and_utc().timestamp_micros());
         }
@@ -44,7 +48,10 @@ mod tests {
 
     #[test]
     fn formats_like_rockset() {
-        assert_eq!(format_micros(1_607_000_000_123_000), "2020-12-03T12:53:20.123000Z");
+        assert_eq!(
+            format_micros(1_607_000_000_123_000),
+            "2020-12-03T12:53:20.123000Z"
+        );
     }
 
     #[test]
@@ -53,7 +60,10 @@ mod tests {
         assert_eq!(parse_iso8601_micros("2020-12-03T12:53:20.123Z"), want);
         assert_eq!(parse_iso8601_micros("2020-12-03T13:53:20.123+01:00"), want);
         assert_eq!(parse_iso8601_micros("2020-12-03 12:53:20.123"), want);
-        assert_eq!(parse_iso8601_micros("2020-12-03"), Some(1_606_953_600_000_000));
+        assert_eq!(
+            parse_iso8601_micros("2020-12-03"),
+            Some(1_606_953_600_000_000)
+        );
         assert_eq!(parse_iso8601_micros("yesterday"), None);
     }
 }

@@ -26,10 +26,19 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/ws", post(create_workspace).get(list_workspaces))
         .route("/ws/{ws}", get(get_workspace).delete(delete_workspace))
-        .route("/ws/{ws}/collections", post(create_collection).get(list_workspace_collections))
+        .route(
+            "/ws/{ws}/collections",
+            post(create_collection).get(list_workspace_collections),
+        )
         .route("/collections", get(list_all_collections))
-        .route("/ws/{ws}/collections/{c}", get(get_collection).delete(delete_collection))
-        .route("/ws/{ws}/collections/{c}/docs", post(add_documents).delete(delete_documents))
+        .route(
+            "/ws/{ws}/collections/{c}",
+            get(get_collection).delete(delete_collection),
+        )
+        .route(
+            "/ws/{ws}/collections/{c}/docs",
+            post(add_documents).delete(delete_documents),
+        )
         .route("/queries", post(run_query));
     Router::new()
         .route("/health", get(health))
@@ -59,9 +68,17 @@ async fn read_body(body: Body) -> TarnResult<Bytes> {
 
 /// Parses a JSON body into `T`; an empty body is `{}`. Errors say where the JSON is wrong.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> TarnResult<T> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
     serde_json::from_slice(bytes).map_err(|e| {
-        let what = if e.is_syntax() || e.is_eof() { "the request body is not valid JSON" } else { "the request body is invalid" };
+        let what = if e.is_syntax() || e.is_eof() {
+            "the request body is not valid JSON"
+        } else {
+            "the request body is invalid"
+        };
         TarnError::invalid(format!("{what}: {e}")).at(e.line() as u64, e.column() as u64)
     })
 }
@@ -85,21 +102,34 @@ struct CreateWorkspace {
 
 async fn create_workspace(State(st): State<AppState>, body: Body) -> ApiResult<impl IntoResponse> {
     let req: CreateWorkspace = parse_json(&read_body(body).await?)?;
-    let w = st.storage.create_workspace(&req.name, req.description.as_deref().unwrap_or(""))?;
+    let w = st
+        .storage
+        .create_workspace(&req.name, req.description.as_deref().unwrap_or(""))?;
     Ok(Json(json!({"data": workspace_json(&st.storage, &w)})))
 }
 
 async fn list_workspaces(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
-    let data: Vec<Value> = st.storage.list_workspaces().iter().map(|w| workspace_json(&st.storage, w)).collect();
+    let data: Vec<Value> = st
+        .storage
+        .list_workspaces()
+        .iter()
+        .map(|w| workspace_json(&st.storage, w))
+        .collect();
     Ok(Json(json!({"data": data})))
 }
 
-async fn get_workspace(State(st): State<AppState>, Path(ws): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn get_workspace(
+    State(st): State<AppState>,
+    Path(ws): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     let w = st.storage.get_workspace(&ws)?;
     Ok(Json(json!({"data": workspace_json(&st.storage, &w)})))
 }
 
-async fn delete_workspace(State(st): State<AppState>, Path(ws): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn delete_workspace(
+    State(st): State<AppState>,
+    Path(ws): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     let w = st.storage.delete_workspace(&ws)?;
     Ok(Json(json!({"data": workspace_json(&st.storage, &w)})))
 }
@@ -149,35 +179,70 @@ struct CreateCollection {
     extra: Map<String, Value>,
 }
 
-async fn create_collection(State(st): State<AppState>, Path(ws): Path<String>, body: Body) -> ApiResult<impl IntoResponse> {
+async fn create_collection(
+    State(st): State<AppState>,
+    Path(ws): Path<String>,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
     let req: CreateCollection = parse_json(&read_body(body).await?)?;
     if req.retention_secs == Some(0) {
-        return Err(TarnError::invalid("retention_secs must be at least 1, or omitted to keep documents forever").into());
+        return Err(TarnError::invalid(
+            "retention_secs must be at least 1, or omitted to keep documents forever",
+        )
+        .into());
     }
-    let options = CollectionOptions { event_time_info: req.event_time_info, retention_secs: req.retention_secs };
+    let options = CollectionOptions {
+        event_time_info: req.event_time_info,
+        retention_secs: req.retention_secs,
+    };
     let mut extra = req.extra;
     extra.retain(|_, v| !v.is_null());
-    let (info, c) = st.storage.create_collection(&ws, &req.name, req.description.as_deref().unwrap_or(""), options, extra)?;
+    let (info, c) = st.storage.create_collection(
+        &ws,
+        &req.name,
+        req.description.as_deref().unwrap_or(""),
+        options,
+        extra,
+    )?;
     Ok(Json(json!({"data": collection_json(&info, &c, "CREATED")})))
 }
 
-async fn list_workspace_collections(State(st): State<AppState>, Path(ws): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn list_workspace_collections(
+    State(st): State<AppState>,
+    Path(ws): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     st.storage.get_workspace(&ws)?;
-    let data: Vec<Value> = st.storage.list_collections(Some(&ws)).iter().map(|(i, c)| collection_json(i, c, "READY")).collect();
+    let data: Vec<Value> = st
+        .storage
+        .list_collections(Some(&ws))
+        .iter()
+        .map(|(i, c)| collection_json(i, c, "READY"))
+        .collect();
     Ok(Json(json!({"data": data})))
 }
 
 async fn list_all_collections(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
-    let data: Vec<Value> = st.storage.list_collections(None).iter().map(|(i, c)| collection_json(i, c, "READY")).collect();
+    let data: Vec<Value> = st
+        .storage
+        .list_collections(None)
+        .iter()
+        .map(|(i, c)| collection_json(i, c, "READY"))
+        .collect();
     Ok(Json(json!({"data": data})))
 }
 
-async fn get_collection(State(st): State<AppState>, Path((ws, name)): Path<(String, String)>) -> ApiResult<impl IntoResponse> {
+async fn get_collection(
+    State(st): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
     let (info, c) = st.storage.get_collection(&ws, &name)?;
     Ok(Json(json!({"data": collection_json(&info, &c, "READY")})))
 }
 
-async fn delete_collection(State(st): State<AppState>, Path((ws, name)): Path<(String, String)>) -> ApiResult<impl IntoResponse> {
+async fn delete_collection(
+    State(st): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
     let (info, c) = st.storage.get_collection(&ws, &name)?;
     let body = collection_json(&info, &c, "DELETED");
     drop(c);
@@ -199,13 +264,22 @@ fn status_json(collection: &str, id: Option<&str>, status: &DocStatus) -> Value 
     v
 }
 
-async fn add_documents(State(st): State<AppState>, Path((ws, name)): Path<(String, String)>, body: Body) -> ApiResult<impl IntoResponse> {
+async fn add_documents(
+    State(st): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
     let (info, c) = st.storage.get_collection(&ws, &name)?;
     let body = read_body(body).await?;
-    let spans = split_data_array(&body).map_err(|e| e.into_tarn_error(&body, "the request body"))?;
+    let spans =
+        split_data_array(&body).map_err(|e| e.into_tarn_error(&body, "the request body"))?;
     let meta = json!({"source": "api"});
     let now = tarn_common::time::now_micros();
-    let ctx = IngestContext { event_time_info: info.options.event_time_info.as_ref(), now_micros: now, meta: &meta };
+    let ctx = IngestContext {
+        event_time_info: info.options.event_time_info.as_ref(),
+        now_micros: now,
+        meta: &meta,
+    };
     // Each element either becomes a document or gets its own error; the others go on.
     let mut outcome: Vec<Result<String, String>> = Vec::with_capacity(spans.len());
     let mut docs = Vec::with_capacity(spans.len());
@@ -219,19 +293,31 @@ async fn add_documents(State(st): State<AppState>, Path((ws, name)): Path<(Strin
             Err(msg) => outcome.push(Err(msg)),
         }
     }
-    let stored = if docs.is_empty() { Vec::new() } else { c.insert(docs, Vec::new()).await? };
+    let stored = if docs.is_empty() {
+        Vec::new()
+    } else {
+        c.insert(docs, Vec::new()).await?
+    };
     let mut stored = stored.into_iter();
     let data: Vec<Value> = outcome
         .iter()
         .map(|o| match o {
-            Ok(id) => status_json(&info.name, Some(id), &stored.next().unwrap_or(DocStatus::Added)),
+            Ok(id) => status_json(
+                &info.name,
+                Some(id),
+                &stored.next().unwrap_or(DocStatus::Added),
+            ),
             Err(msg) => status_json(&info.name, None, &DocStatus::Error(msg.clone())),
         })
         .collect();
     Ok(Json(json!({"data": data})))
 }
 
-async fn delete_documents(State(st): State<AppState>, Path((ws, name)): Path<(String, String)>, body: Body) -> ApiResult<impl IntoResponse> {
+async fn delete_documents(
+    State(st): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
     let (info, c) = st.storage.get_collection(&ws, &name)?;
     #[derive(Deserialize)]
     struct Req {
@@ -246,15 +332,25 @@ async fn delete_documents(State(st): State<AppState>, Path((ws, name)): Path<(St
                 ids.push(id.to_owned());
                 outcome.push(Ok(id.to_owned()));
             }
-            None => outcome.push(Err(format!("each element must be {{\"_id\": \"...\"}}, got {item}"))),
+            None => outcome.push(Err(format!(
+                "each element must be {{\"_id\": \"...\"}}, got {item}"
+            ))),
         }
     }
-    let done = if ids.is_empty() { Vec::new() } else { c.delete(ids).await? };
+    let done = if ids.is_empty() {
+        Vec::new()
+    } else {
+        c.delete(ids).await?
+    };
     let mut done = done.into_iter();
     let data: Vec<Value> = outcome
         .iter()
         .map(|o| match o {
-            Ok(id) => status_json(&info.name, Some(id), &done.next().unwrap_or(DocStatus::Deleted)),
+            Ok(id) => status_json(
+                &info.name,
+                Some(id),
+                &done.next().unwrap_or(DocStatus::Deleted),
+            ),
             Err(msg) => status_json(&info.name, None, &DocStatus::Error(msg.clone())),
         })
         .collect();
@@ -276,7 +372,10 @@ struct SqlBody {
 async fn run_query(State(st): State<AppState>, body: Body) -> ApiResult<impl IntoResponse> {
     let req: QueryBody = parse_json(&read_body(body).await?)?;
     let engine: Arc<tarn_sql::QueryEngine> = st.engine.clone();
-    let q = QueryRequest { sql: req.sql.query, default_row_limit: req.sql.default_row_limit };
+    let q = QueryRequest {
+        sql: req.sql.query,
+        default_row_limit: req.sql.default_row_limit,
+    };
     let out = engine.query(&q).await?;
     let mut resp = json!({
         "query_id": out.query_id,

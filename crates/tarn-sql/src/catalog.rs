@@ -17,14 +17,20 @@ pub struct TarnCatalog {
 
 impl CatalogProvider for TarnCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.storage.list_workspaces().into_iter().map(|w| w.name).collect()
+        self.storage
+            .list_workspaces()
+            .into_iter()
+            .map(|w| w.name)
+            .collect()
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        self.storage
-            .get_workspace(name)
-            .ok()
-            .map(|_| Arc::new(WorkspaceSchema { storage: self.storage.clone(), workspace: name.to_owned() }) as _)
+        self.storage.get_workspace(name).ok().map(|_| {
+            Arc::new(WorkspaceSchema {
+                storage: self.storage.clone(),
+                workspace: name.to_owned(),
+            }) as _
+        })
     }
 }
 
@@ -38,13 +44,25 @@ pub struct WorkspaceSchema {
 #[async_trait]
 impl SchemaProvider for WorkspaceSchema {
     fn table_names(&self) -> Vec<String> {
-        self.storage.list_collections(Some(&self.workspace)).into_iter().map(|(i, _)| i.name).collect()
+        self.storage
+            .list_collections(Some(&self.workspace))
+            .into_iter()
+            .map(|(i, _)| i.name)
+            .collect()
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok(self.storage.get_collection(&self.workspace, name).ok().map(|(info, c)| {
-            Arc::new(CollectionTable::new(info.workspace, info.name, c.snapshot())) as Arc<dyn TableProvider>
-        }))
+        Ok(self
+            .storage
+            .get_collection(&self.workspace, name)
+            .ok()
+            .map(|(info, c)| {
+                Arc::new(CollectionTable::new(
+                    info.workspace,
+                    info.name,
+                    c.snapshot(),
+                )) as Arc<dyn TableProvider>
+            }))
     }
 
     fn table_exist(&self, name: &str) -> bool {

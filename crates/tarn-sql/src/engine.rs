@@ -14,6 +14,7 @@ use tarn_storage::types::rockset_type_name;
 use tarn_storage::{DEFAULT_WORKSPACE, Storage};
 
 use crate::catalog::TarnCatalog;
+use crate::dialect::RocksetDialect;
 
 /// The catalog name tarn registers in DataFusion.
 pub const CATALOG: &str = "tarn";
@@ -67,7 +68,10 @@ impl QueryEngine {
     pub async fn query(&self, req: &QueryRequest) -> TarnResult<QueryOutput> {
         let started = Instant::now();
         let query_id = uuid::Uuid::new_v4().to_string();
-        let df = self.ctx.sql(&req.sql).await.map_err(|e| query_error(e, &req.sql))?;
+        let df = self
+            .plan(&req.sql)
+            .await
+            .map_err(|e| query_error(e, &req.sql))?;
         let collections = scanned_collections(df.logical_plan());
         let schema = df.schema().as_arrow().clone();
         let batches = df.collect().await.map_err(|e| query_error(e, &req.sql))?;
@@ -86,7 +90,10 @@ impl QueryEngine {
             .iter()
             .zip(&names)
             .filter(|(f, _)| f.name() != tarn_storage::types::NULLS)
-            .map(|(f, n)| ColumnField { name: n.clone(), type_: rockset_type_name(f.data_type()).to_owned() })
+            .map(|(f, n)| ColumnField {
+                name: n.clone(),
+                type_: rockset_type_name(f.data_type()).to_owned(),
+            })
             .collect();
         Ok(QueryOutput {
             query_id,
@@ -99,9 +106,34 @@ impl QueryEngine {
     }
 }
 
+impl QueryEngine {
+    /// Parses under the Rockset dialect and plans through DataFusion.
+    async fn plan(
+        &self,
+        sql: &str,
+    ) -> datafusion::common::Result<datafusion::dataframe::DataFrame> {
+        let mut statements =
+            datafusion::sql::parser::DFParser::parse_sql_with_dialect(sql, &RocksetDialect)?;
+        let statement = match (statements.pop_front(), statements.is_empty()) {
+            (Some(s), true) => s,
+            (None, _) => return Err(DataFusionError::Plan("the query is empty".into())),
+            (Some(_), false) => {
+                return Err(DataFusionError::Plan("send one statement per query".into()));
+            }
+        };
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(statement).await?;
+        self.ctx.execute_logical_plan(plan).await
+    }
+}
+
 /// Rockset names an unaliased path by its last component and an unaliased aggregate `?fn`.
 fn output_names(schema: &datafusion::arrow::datatypes::Schema) -> Vec<String> {
-    schema.fields().iter().map(|f| rockset_name(f.name(), f.data_type())).collect()
+    schema
+        .fields()
+        .iter()
+        .map(|f| rockset_name(f.name(), f.data_type()))
+        .collect()
 }
 
 fn rockset_name(name: &str, _dt: &DataType) -> String {
@@ -119,8 +151,17 @@ fn rockset_name(name: &str, _dt: &DataType) -> String {
     name.to_owned()
 }
 
-fn rename_row(row: Map<String, Value>, schema: &datafusion::arrow::datatypes::Schema, names: &[String]) -> Map<String, Value> {
-    if schema.fields().iter().zip(names).all(|(f, n)| f.name() == n) {
+fn rename_row(
+    row: Map<String, Value>,
+    schema: &datafusion::arrow::datatypes::Schema,
+    names: &[String],
+) -> Map<String, Value> {
+    if schema
+        .fields()
+        .iter()
+        .zip(names)
+        .all(|(f, n)| f.name() == n)
+    {
         return row;
     }
     let mut out = Map::with_capacity(row.len());
@@ -152,17 +193,20 @@ fn scanned_collections(plan: &LogicalPlan) -> Vec<String> {
 /// Converts a DataFusion error into a query error with line and column when the parser gave
 /// them, and with collection names in Rockset's words.
 pub fn query_error(e: DataFusionError, sql: &str) -> TarnError {
-    let _ = sql;
     let text = e.to_string();
     let message = text
         .trim_start_matches("SQL error: ")
         .trim_start_matches("Error during planning: ")
         .trim_start_matches("ParserError(\"")
+        .trim_end_matches("\")")
         .to_owned();
     let mut err = TarnError::query(message.clone());
     if let Some(pos) = message.find("Line: ") {
         let rest = &message[pos + 6..];
-        let line: Option<u64> = rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|s| s.parse().ok());
+        let line: Option<u64> = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|s| s.parse().ok());
         let column: Option<u64> = rest
             .find("Column: ")
             .and_then(|c| rest[c + 8..].split(|c: char| !c.is_ascii_digit()).next())
@@ -170,6 +214,12 @@ pub fn query_error(e: DataFusionError, sql: &str) -> TarnError {
         if let (Some(l), Some(c)) = (line, column) {
             err = err.at(l, c);
         }
+    } else if message.contains("found: EOF") {
+        // The parser gives no position for an unexpected end: point just past the text.
+        let text = sql.trim_end();
+        let line = text.lines().count().max(1) as u64;
+        let column = text.lines().last().map_or(0, |l| l.chars().count()) as u64 + 1;
+        err = err.at(line, column);
     }
     if let Some(rest) = message.strip_prefix("table '")
         && let Some(end) = rest.find("' not found")
@@ -192,8 +242,14 @@ mod tests {
     #[test]
     fn names_follow_rockset() {
         assert_eq!(rockset_name("count(*)", &DataType::Int64), "?count");
-        assert_eq!(rockset_name("max(CAST(t.timestamp_ms AS Int64))", &DataType::Int64), "?max");
-        assert_eq!(rockset_name("t.user[screen_name]", &DataType::Utf8), "screen_name");
+        assert_eq!(
+            rockset_name("max(CAST(t.timestamp_ms AS Int64))", &DataType::Int64),
+            "?max"
+        );
+        assert_eq!(
+            rockset_name("t.user[screen_name]", &DataType::Utf8),
+            "screen_name"
+        );
         assert_eq!(rockset_name("screen_name", &DataType::Utf8), "screen_name");
     }
 }

@@ -1,6 +1,7 @@
 //! SQL over tarn collections: DataFusion planning over live snapshots, pruning, JSON results.
 
 pub mod catalog;
+pub mod dialect;
 pub mod engine;
 pub mod prune;
 pub mod table;

@@ -21,17 +21,27 @@ struct Operand {
 
 fn operand(e: &Expr) -> Option<Operand> {
     match e {
-        Expr::Column(c) => Some(Operand { path: c.name.clone(), int_cast: false }),
-        Expr::Cast(c) if matches!(c.data_type, DataType::Int64 | DataType::Int32) => {
+        Expr::Column(c) => Some(Operand {
+            path: c.name.clone(),
+            int_cast: false,
+        }),
+        Expr::Cast(c) if matches!(c.field.data_type(), DataType::Int64 | DataType::Int32) => {
             let inner = operand(&c.expr)?;
-            (!inner.int_cast).then_some(Operand { path: inner.path, int_cast: true })
+            (!inner.int_cast).then_some(Operand {
+                path: inner.path,
+                int_cast: true,
+            })
         }
         Expr::ScalarFunction(f) if f.func.name() == "get_field" && f.args.len() == 2 => {
             let base = operand(&f.args[0])?;
             match &f.args[1] {
-                Expr::Literal(ScalarValue::Utf8(Some(name)) | ScalarValue::Utf8View(Some(name)), _) if !base.int_cast => {
-                    Some(Operand { path: format!("{}.{name}", base.path), int_cast: false })
-                }
+                Expr::Literal(
+                    ScalarValue::Utf8(Some(name)) | ScalarValue::Utf8View(Some(name)),
+                    _,
+                ) if !base.int_cast => Some(Operand {
+                    path: format!("{}.{name}", base.path),
+                    int_cast: false,
+                }),
                 _ => None,
             }
         }
@@ -53,10 +63,16 @@ fn literal(e: &Expr) -> Option<Bound> {
             ScalarValue::Int64(Some(n)) => Some(Bound::Int(*n)),
             ScalarValue::Int32(Some(n)) => Some(Bound::Int(*n as i64)),
             ScalarValue::Float64(Some(f)) => Some(Bound::Float(*f)),
-            ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => Some(Bound::Str(s.clone())),
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::Utf8View(Some(s))
+            | ScalarValue::LargeUtf8(Some(s)) => Some(Bound::Str(s.clone())),
             ScalarValue::TimestampMicrosecond(Some(t), _) => Some(Bound::Int(*t)),
-            ScalarValue::TimestampMillisecond(Some(t), _) => Some(Bound::Int(t.saturating_mul(1_000))),
-            ScalarValue::TimestampSecond(Some(t), _) => Some(Bound::Int(t.saturating_mul(1_000_000))),
+            ScalarValue::TimestampMillisecond(Some(t), _) => {
+                Some(Bound::Int(t.saturating_mul(1_000)))
+            }
+            ScalarValue::TimestampSecond(Some(t), _) => {
+                Some(Bound::Int(t.saturating_mul(1_000_000)))
+            }
             ScalarValue::TimestampNanosecond(Some(t), _) => Some(Bound::Int(t / 1_000)),
             _ => None,
         },
@@ -68,24 +84,45 @@ fn literal(e: &Expr) -> Option<Bound> {
 /// The [min, max] range of an operand in a segment, when known.
 fn range(stats: &SegmentStats, op: &Operand) -> Option<(Bound, Bound)> {
     if op.path == EVENT_TIME && !op.int_cast {
-        return Some((Bound::Int(stats.min_event_time), Bound::Int(stats.max_event_time)));
+        return Some((
+            Bound::Int(stats.min_event_time),
+            Bound::Int(stats.max_event_time),
+        ));
     }
     match (stats.columns.get(&op.path)?, op.int_cast) {
         (ColumnStats::Int { min, max, .. }, _) => Some((Bound::Int(*min), Bound::Int(*max))),
-        (ColumnStats::Float { min, max, .. }, false) => Some((Bound::Float(*min), Bound::Float(*max))),
-        (ColumnStats::Str { min, max, .. }, false) => Some((Bound::Str(min.clone()), Bound::Str(max.clone()))),
-        (ColumnStats::Str { int_min: Some(lo), int_max: Some(hi), .. }, true) => Some((Bound::Int(*lo), Bound::Int(*hi))),
+        (ColumnStats::Float { min, max, .. }, false) => {
+            Some((Bound::Float(*min), Bound::Float(*max)))
+        }
+        (ColumnStats::Str { min, max, .. }, false) => {
+            Some((Bound::Str(min.clone()), Bound::Str(max.clone())))
+        }
+        (
+            ColumnStats::Str {
+                int_min: Some(lo),
+                int_max: Some(hi),
+                ..
+            },
+            true,
+        ) => Some((Bound::Int(*lo), Bound::Int(*hi))),
         _ => None,
     }
 }
 
 fn comparable(a: &Bound, b: &Bound) -> bool {
-    matches!((a, b), (Bound::Int(_), Bound::Int(_)) | (Bound::Float(_), Bound::Float(_)) | (Bound::Str(_), Bound::Str(_)))
+    matches!(
+        (a, b),
+        (Bound::Int(_), Bound::Int(_))
+            | (Bound::Float(_), Bound::Float(_))
+            | (Bound::Str(_), Bound::Str(_))
+    )
 }
 
 /// False only when no row of the segment can satisfy `path op lit`.
 fn may_match_cmp(stats: &SegmentStats, op: &Operand, operator: Operator, lit: &Bound) -> bool {
-    let Some((min, max)) = range(stats, op) else { return true };
+    let Some((min, max)) = range(stats, op) else {
+        return true;
+    };
     if !comparable(&min, lit) {
         return true;
     }
@@ -113,8 +150,16 @@ fn flip(op: Operator) -> Option<Operator> {
 /// Whether any row of a segment with these statistics may satisfy `filter`.
 pub fn may_match(stats: &SegmentStats, filter: &Expr) -> bool {
     match filter {
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => may_match(stats, left) && may_match(stats, right),
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Or, right }) => may_match(stats, left) || may_match(stats, right),
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => may_match(stats, left) && may_match(stats, right),
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => may_match(stats, left) || may_match(stats, right),
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             if let (Some(o), Some(l)) = (operand(left), literal(right)) {
                 return may_match_cmp(stats, &o, *op, &l);
@@ -124,10 +169,15 @@ pub fn may_match(stats: &SegmentStats, filter: &Expr) -> bool {
             }
             true
         }
-        Expr::Between(b) if !b.negated => match (operand(&b.expr), literal(&b.low), literal(&b.high)) {
-            (Some(o), Some(lo), Some(hi)) => may_match_cmp(stats, &o, Operator::GtEq, &lo) && may_match_cmp(stats, &o, Operator::LtEq, &hi),
-            _ => true,
-        },
+        Expr::Between(b) if !b.negated => {
+            match (operand(&b.expr), literal(&b.low), literal(&b.high)) {
+                (Some(o), Some(lo), Some(hi)) => {
+                    may_match_cmp(stats, &o, Operator::GtEq, &lo)
+                        && may_match_cmp(stats, &o, Operator::LtEq, &hi)
+                }
+                _ => true,
+            }
+        }
         _ => true,
     }
 }
@@ -138,11 +188,29 @@ mod tests {
     use datafusion::prelude::{cast, col, lit};
 
     fn stats() -> SegmentStats {
-        let mut s = SegmentStats { rows: 10, min_event_time: 100, max_event_time: 200, ..Default::default() };
-        s.columns.insert("n".into(), ColumnStats::Int { min: 5, max: 9, nulls: 0 });
+        let mut s = SegmentStats {
+            rows: 10,
+            min_event_time: 100,
+            max_event_time: 200,
+            ..Default::default()
+        };
+        s.columns.insert(
+            "n".into(),
+            ColumnStats::Int {
+                min: 5,
+                max: 9,
+                nulls: 0,
+            },
+        );
         s.columns.insert(
             "ts".into(),
-            ColumnStats::Str { min: "1000".into(), max: "2000".into(), int_min: Some(1000), int_max: Some(2000), nulls: 0 },
+            ColumnStats::Str {
+                min: "1000".into(),
+                max: "2000".into(),
+                int_min: Some(1000),
+                int_max: Some(2000),
+                nulls: 0,
+            },
         );
         s
     }
@@ -150,17 +218,37 @@ mod tests {
     #[test]
     fn prunes_by_event_time_and_columns() {
         let s = stats();
-        let et = |v: i64| Expr::Literal(ScalarValue::TimestampMicrosecond(Some(v), Some("UTC".into())), None);
+        let et = |v: i64| {
+            Expr::Literal(
+                ScalarValue::TimestampMicrosecond(Some(v), Some("UTC".into())),
+                None,
+            )
+        };
         assert!(!may_match(&s, &col("_event_time").gt(et(200))));
         assert!(may_match(&s, &col("_event_time").gt_eq(et(200))));
         assert!(!may_match(&s, &et(99).gt(col("_event_time"))));
         assert!(!may_match(&s, &col("n").eq(lit(10i64))));
         assert!(may_match(&s, &col("n").eq(lit(7i64))));
-        assert!(!may_match(&s, &col("n").gt(lit(1i64)).and(col("n").lt(lit(5i64)))));
-        assert!(may_match(&s, &col("n").gt(lit(100i64)).or(col("n").lt(lit(6i64)))));
-        assert!(!may_match(&s, &cast(col("ts"), DataType::Int64).gt(lit(2000i64))));
-        assert!(may_match(&s, &cast(col("ts"), DataType::Int64).gt(lit(1999i64))));
+        assert!(!may_match(
+            &s,
+            &col("n").gt(lit(1i64)).and(col("n").lt(lit(5i64)))
+        ));
+        assert!(may_match(
+            &s,
+            &col("n").gt(lit(100i64)).or(col("n").lt(lit(6i64)))
+        ));
+        assert!(!may_match(
+            &s,
+            &cast(col("ts"), DataType::Int64).gt(lit(2000i64))
+        ));
+        assert!(may_match(
+            &s,
+            &cast(col("ts"), DataType::Int64).gt(lit(1999i64))
+        ));
         assert!(may_match(&s, &col("unknown").gt(lit(1i64))));
-        assert!(may_match(&s, &col("n").gt(lit("x"))), "incomparable types never prune");
+        assert!(
+            may_match(&s, &col("n").gt(lit("x"))),
+            "incomparable types never prune"
+        );
     }
 }

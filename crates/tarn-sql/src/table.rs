@@ -31,7 +31,11 @@ pub struct CollectionTable {
 
 impl CollectionTable {
     pub fn new(workspace: String, name: String, snapshot: Snapshot) -> Self {
-        CollectionTable { workspace, name, snapshot }
+        CollectionTable {
+            workspace,
+            name,
+            snapshot,
+        }
     }
 }
 
@@ -49,7 +53,10 @@ impl datafusion::catalog::TableProvider for CollectionTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         // Filters only prune whole segments; DataFusion still applies them to the rows.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
@@ -83,10 +90,15 @@ impl datafusion::catalog::TableProvider for CollectionTable {
                     .segment
                     .batch
                     .column_by_name(tarn_storage::types::EVENT_TIME)
-                    .ok_or_else(|| DataFusionError::Internal("segment without _event_time".into()))?;
+                    .ok_or_else(|| {
+                        DataFusionError::Internal("segment without _event_time".into())
+                    })?;
                 let keep = datafusion::arrow::compute::kernels::cmp::gt_eq(
                     et,
-                    &datafusion::arrow::array::TimestampMicrosecondArray::new_scalar(c).with_timezone("UTC"),
+                    &datafusion::arrow::array::Scalar::new(
+                        datafusion::arrow::array::TimestampMicrosecondArray::from(vec![c])
+                            .with_timezone("UTC"),
+                    ),
                 )?;
                 mask = Some(match mask {
                     Some(m) => datafusion::arrow::compute::and(&m, &keep)?,
@@ -101,11 +113,19 @@ impl datafusion::catalog::TableProvider for CollectionTable {
                 batches.push(batch);
             }
         }
-        let n = state.config().target_partitions().max(1).min(batches.len().max(1));
+        let n = state
+            .config()
+            .target_partitions()
+            .max(1)
+            .min(batches.len().max(1));
         let mut partitions: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
         for (i, b) in batches.into_iter().enumerate() {
             partitions[i % n].push(b);
         }
-        Ok(MemorySourceConfig::try_new_exec(&partitions, projected, None)?)
+        Ok(MemorySourceConfig::try_new_exec(
+            &partitions,
+            projected,
+            None,
+        )?)
     }
 }

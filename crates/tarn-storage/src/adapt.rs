@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, ListArray, RecordBatch, StringArray, StructArray, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, ListArray, RecordBatch, StringArray, StructArray, new_null_array,
+};
 use arrow::datatypes::{DataType, SchemaRef};
 use tarn_common::TarnError;
 
@@ -17,7 +19,12 @@ use crate::types::{self, NULLS};
 /// Adapts one column to `to`. `row_nulls` is the batch's nulls column when `arr` is row-aligned
 /// with the documents (it lets a struct turned variant keep its explicit nulls), `path` the
 /// column's JSON pointer.
-pub fn adapt_array(arr: &ArrayRef, to: &DataType, row_nulls: Option<&StringArray>, path: &str) -> Result<ArrayRef, TarnError> {
+pub fn adapt_array(
+    arr: &ArrayRef,
+    to: &DataType,
+    row_nulls: Option<&StringArray>,
+    path: &str,
+) -> Result<ArrayRef, TarnError> {
     let from = arr.data_type();
     if from == to {
         return Ok(arr.clone());
@@ -31,7 +38,8 @@ pub fn adapt_array(arr: &ArrayRef, to: &DataType, row_nulls: Option<&StringArray
             .map(|row| {
                 p.clear();
                 p.push_str(path);
-                let nulls = row_nulls.and_then(|c| parse_null_paths(c.is_valid(row).then(|| c.value(row))));
+                let nulls =
+                    row_nulls.and_then(|c| parse_null_paths(c.is_valid(row).then(|| c.value(row))));
                 value_at(arr, row, &mut p, nulls.as_ref()).map(|v| v.to_string())
             })
             .collect();
@@ -53,23 +61,39 @@ pub fn adapt_array(arr: &ArrayRef, to: &DataType, row_nulls: Option<&StringArray
                 children.push(child);
             }
             if to_fields.is_empty() {
-                return Ok(Arc::new(StructArray::new_empty_fields(arr.len(), s.nulls().cloned())));
+                return Ok(Arc::new(StructArray::new_empty_fields(
+                    arr.len(),
+                    s.nulls().cloned(),
+                )));
             }
-            StructArray::try_new(to_fields.clone(), children, s.nulls().cloned()).map(|a| Arc::new(a) as ArrayRef).map_err(arrow_error)
+            StructArray::try_new(to_fields.clone(), children, s.nulls().cloned())
+                .map(|a| Arc::new(a) as ArrayRef)
+                .map_err(arrow_error)
         }
         (DataType::List(_), DataType::List(to_item)) => {
             let l = arr.as_list::<i32>();
             // Element rows are not document rows: explicit nulls inside cannot be looked up.
             let values = adapt_array(l.values(), to_item.data_type(), None, path)?;
-            ListArray::try_new(to_item.clone(), l.offsets().clone(), values, l.nulls().cloned()).map(|a| Arc::new(a) as ArrayRef).map_err(arrow_error)
+            ListArray::try_new(
+                to_item.clone(),
+                l.offsets().clone(),
+                values,
+                l.nulls().cloned(),
+            )
+            .map(|a| Arc::new(a) as ArrayRef)
+            .map_err(arrow_error)
         }
-        _ => Err(TarnError::internal(format!("cannot adapt a column of type {from} to {to} at {path}"))),
+        _ => Err(TarnError::internal(format!(
+            "cannot adapt a column of type {from} to {to} at {path}"
+        ))),
     }
 }
 
 /// Adapts a batch to `schema`: the named columns, in its order, missing ones all null.
 pub fn adapt_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, TarnError> {
-    let row_nulls = batch.column_by_name(NULLS).map(|c| c.as_string::<i32>().clone());
+    let row_nulls = batch
+        .column_by_name(NULLS)
+        .map(|c| c.as_string::<i32>().clone());
     let mut columns = Vec::with_capacity(schema.fields().len());
     for f in schema.fields() {
         let col = match batch.column_by_name(f.name()) {
@@ -82,7 +106,8 @@ pub fn adapt_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatc
         };
         columns.push(col);
     }
-    let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    let options =
+        arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
     RecordBatch::try_new_with_options(schema.clone(), columns, &options).map_err(arrow_error)
 }
 
@@ -103,7 +128,12 @@ mod tests {
         let docs: Vec<Document> = bodies
             .iter()
             .enumerate()
-            .map(|(i, b)| Document { id: i.to_string(), event_time: 0, meta: Value::Null, body: b.as_object().unwrap().clone() })
+            .map(|(i, b)| Document {
+                id: i.to_string(),
+                event_time: 0,
+                meta: Value::Null,
+                body: b.as_object().unwrap().clone(),
+            })
             .collect();
         documents_to_batch(&docs)
     }
@@ -115,7 +145,9 @@ mod tests {
         let a = batch(&a_bodies);
         let b = batch(&b_bodies);
         let union = types::merge_schemas(&a.schema(), &b.schema());
-        assert!(types::is_variant(union.field_with_name("o").unwrap().data_type()));
+        assert!(types::is_variant(
+            union.field_with_name("o").unwrap().data_type()
+        ));
         for (batch, bodies) in [(a, &a_bodies), (b, &b_bodies)] {
             let adapted = adapt_batch(&batch, &union).unwrap();
             let rows = batch_to_json_rows(&adapted);

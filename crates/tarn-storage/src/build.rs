@@ -19,7 +19,9 @@ pub fn documents_to_batch(docs: &[Document]) -> RecordBatch {
     let mut body_fields = Fields::empty();
     let mut meta_type = DataType::Null;
     for d in docs {
-        let DataType::Struct(f) = types::infer_object(&d.body) else { unreachable!() };
+        let DataType::Struct(f) = types::infer_object(&d.body) else {
+            unreachable!()
+        };
         body_fields = types::merge_fields(&body_fields, &f);
         meta_type = types::merge(&meta_type, &types::infer(&d.meta));
     }
@@ -28,8 +30,13 @@ pub fn documents_to_batch(docs: &[Document]) -> RecordBatch {
         Field::new(EVENT_TIME, types::event_time_type(), false),
     ];
     let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(docs.iter().map(|d| d.id.as_str()))),
-        Arc::new(TimestampMicrosecondArray::from_iter_values(docs.iter().map(|d| d.event_time)).with_timezone("UTC")),
+        Arc::new(StringArray::from_iter_values(
+            docs.iter().map(|d| d.id.as_str()),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(docs.iter().map(|d| d.event_time))
+                .with_timezone("UTC"),
+        ),
     ];
     if meta_type != DataType::Null {
         let metas: Vec<Option<&Value>> = docs.iter().map(|d| Some(&d.meta)).collect();
@@ -44,7 +51,8 @@ pub fn documents_to_batch(docs: &[Document]) -> RecordBatch {
     let nulls: StringArray = docs.iter().map(|d| null_pointers(&d.body)).collect();
     columns.push(Arc::new(nulls));
     fields.push(Field::new(NULLS, DataType::Utf8, true));
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns built to match their schema")
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .expect("columns built to match their schema")
 }
 
 /// Builds an array of type `dt` from values (None is a missing value). The values must have
@@ -52,16 +60,41 @@ pub fn documents_to_batch(docs: &[Document]) -> RecordBatch {
 pub fn build_array(values: &[Option<&Value>], dt: &DataType) -> ArrayRef {
     match dt {
         DataType::Null => new_null_array(dt, values.len()),
-        DataType::Boolean => Arc::new(values.iter().map(|v| v.and_then(Value::as_bool)).collect::<BooleanArray>()),
-        DataType::Int64 => Arc::new(values.iter().map(|v| v.and_then(Value::as_i64)).collect::<Int64Array>()),
-        DataType::Float64 => Arc::new(values.iter().map(|v| v.and_then(Value::as_f64)).collect::<Float64Array>()),
-        DataType::Utf8 => Arc::new(values.iter().map(|v| v.and_then(Value::as_str)).collect::<StringArray>()),
+        DataType::Boolean => Arc::new(
+            values
+                .iter()
+                .map(|v| v.and_then(Value::as_bool))
+                .collect::<BooleanArray>(),
+        ),
+        DataType::Int64 => Arc::new(
+            values
+                .iter()
+                .map(|v| v.and_then(Value::as_i64))
+                .collect::<Int64Array>(),
+        ),
+        DataType::Float64 => Arc::new(
+            values
+                .iter()
+                .map(|v| v.and_then(Value::as_f64))
+                .collect::<Float64Array>(),
+        ),
+        DataType::Utf8 => Arc::new(
+            values
+                .iter()
+                .map(|v| v.and_then(Value::as_str))
+                .collect::<StringArray>(),
+        ),
         dt if types::is_variant(dt) => {
             let text: StringArray = values.iter().map(|v| v.map(|v| v.to_string())).collect();
             variant_array(text)
         }
         DataType::Struct(fields) => {
-            let validity = NullBuffer::from(values.iter().map(|v| v.is_some_and(Value::is_object)).collect::<Vec<_>>());
+            let validity = NullBuffer::from(
+                values
+                    .iter()
+                    .map(|v| v.is_some_and(Value::is_object))
+                    .collect::<Vec<_>>(),
+            );
             if fields.is_empty() {
                 return Arc::new(StructArray::new_empty_fields(values.len(), Some(validity)));
             }
@@ -87,9 +120,19 @@ pub fn build_array(values: &[Option<&Value>], dt: &DataType) -> ArrayRef {
                 }
                 offsets.push(elems.len() as i32);
             }
-            let validity = NullBuffer::from(values.iter().map(|v| v.is_some_and(Value::is_array)).collect::<Vec<_>>());
+            let validity = NullBuffer::from(
+                values
+                    .iter()
+                    .map(|v| v.is_some_and(Value::is_array))
+                    .collect::<Vec<_>>(),
+            );
             let child = build_array(&elems, item.data_type());
-            Arc::new(ListArray::new(item.clone(), OffsetBuffer::new(offsets.into()), child, Some(validity)))
+            Arc::new(ListArray::new(
+                item.clone(),
+                OffsetBuffer::new(offsets.into()),
+                child,
+                Some(validity),
+            ))
         }
         other => unreachable!("JSON never infers {other}"),
     }
@@ -98,8 +141,14 @@ pub fn build_array(values: &[Option<&Value>], dt: &DataType) -> ArrayRef {
 /// Wraps JSON texts as a variant array.
 pub fn variant_array(text: StringArray) -> ArrayRef {
     let validity = text.nulls().cloned();
-    let DataType::Struct(fields) = types::variant_type() else { unreachable!() };
-    Arc::new(StructArray::new(fields, vec![Arc::new(text) as ArrayRef], validity))
+    let DataType::Struct(fields) = types::variant_type() else {
+        unreachable!()
+    };
+    Arc::new(StructArray::new(
+        fields,
+        vec![Arc::new(text) as ArrayRef],
+        validity,
+    ))
 }
 
 /// The JSON pointers of the explicit nulls in a document body, as a JSON array text, or None.
@@ -111,7 +160,11 @@ pub fn null_pointers(body: &serde_json::Map<String, Value>) -> Option<String> {
     (!out.is_empty()).then(|| serde_json::to_string(&out).expect("strings serialize"))
 }
 
-fn collect_object_nulls(obj: &serde_json::Map<String, Value>, path: &mut String, out: &mut Vec<String>) {
+fn collect_object_nulls(
+    obj: &serde_json::Map<String, Value>,
+    path: &mut String,
+    out: &mut Vec<String>,
+) {
     for (k, v) in obj {
         let len = path.len();
         push_pointer_segment(path, k);
@@ -159,25 +212,41 @@ mod tests {
     use serde_json::json;
 
     fn doc(id: &str, body: Value) -> Document {
-        Document { id: id.into(), event_time: 1, meta: json!({"source": "api"}), body: body.as_object().unwrap().clone() }
+        Document {
+            id: id.into(),
+            event_time: 1,
+            meta: json!({"source": "api"}),
+            body: body.as_object().unwrap().clone(),
+        }
     }
 
     #[test]
     fn builds_typed_columns_and_variants() {
         let b = documents_to_batch(&[
             doc("1", json!({"a": 1, "u": {"n": "x"}, "m": 1})),
-            doc("2", json!({"a": 2, "u": {"n": "y", "k": [1, 2]}, "m": "one"})),
+            doc(
+                "2",
+                json!({"a": 2, "u": {"n": "y", "k": [1, 2]}, "m": "one"}),
+            ),
         ]);
         let s = b.schema();
-        assert_eq!(s.field_with_name("a").unwrap().data_type(), &DataType::Int64);
-        assert!(types::is_variant(s.field_with_name("m").unwrap().data_type()));
-        assert!(matches!(s.field_with_name("u").unwrap().data_type(), DataType::Struct(f) if f.len() == 2));
+        assert_eq!(
+            s.field_with_name("a").unwrap().data_type(),
+            &DataType::Int64
+        );
+        assert!(types::is_variant(
+            s.field_with_name("m").unwrap().data_type()
+        ));
+        assert!(
+            matches!(s.field_with_name("u").unwrap().data_type(), DataType::Struct(f) if f.len() == 2)
+        );
         assert_eq!(b.num_rows(), 2);
     }
 
     #[test]
     fn records_explicit_nulls_only() {
-        let body = json!({"a": null, "b": {"c": null, "d/e": null}, "l": [null, {"x": null}], "z": 1});
+        let body =
+            json!({"a": null, "b": {"c": null, "d/e": null}, "l": [null, {"x": null}], "z": 1});
         let p = null_pointers(body.as_object().unwrap()).unwrap();
         let list: Vec<String> = serde_json::from_str(&p).unwrap();
         assert_eq!(list, vec!["/a", "/b/c", "/b/d~1e", "/l/1/x"]);

@@ -74,15 +74,24 @@ fn now_string() -> String {
 impl Storage {
     /// Opens a data directory, creating it if needed, and replays every collection's log.
     pub fn open(dir: &Path, policy: SealPolicy) -> TarnResult<Arc<Storage>> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| TarnError::internal(format!("cannot create data directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            TarnError::internal(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         let dir = dir.canonicalize()?;
         let store: Arc<dyn ObjectStore> = Arc::new(
-            object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                .map_err(|e| TarnError::internal(format!("cannot open object store at {}: {e}", dir.display())))?,
+            object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| {
+                TarnError::internal(format!(
+                    "cannot open object store at {}: {e}",
+                    dir.display()
+                ))
+            })?,
         );
         let file: CatalogFile = match std::fs::read(dir.join("catalog.json")) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| TarnError::internal(format!("catalog.json is corrupt: {e}")))?,
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| TarnError::internal(format!("catalog.json is corrupt: {e}")))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => CatalogFile::default(),
             Err(e) => return Err(e.into()),
         };
@@ -94,15 +103,22 @@ impl Storage {
             collections: RwLock::new(BTreeMap::new()),
             change: Mutex::new(()),
         };
-        storage.workspaces.write().entry(DEFAULT_WORKSPACE.to_owned()).or_insert_with(|| WorkspaceInfo {
-            name: DEFAULT_WORKSPACE.into(),
-            description: "The default workspace".into(),
-            created_at: now_string(),
-            created_by: "tarn".into(),
-        });
+        storage
+            .workspaces
+            .write()
+            .entry(DEFAULT_WORKSPACE.to_owned())
+            .or_insert_with(|| WorkspaceInfo {
+                name: DEFAULT_WORKSPACE.into(),
+                description: "The default workspace".into(),
+                created_at: now_string(),
+                created_by: "tarn".into(),
+            });
         for info in file.collections {
             let c = storage.open_collection(&info)?;
-            storage.collections.write().insert((info.workspace.clone(), info.name.clone()), (info, c));
+            storage
+                .collections
+                .write()
+                .insert((info.workspace.clone(), info.name.clone()), (info, c));
         }
         Ok(Arc::new(storage))
     }
@@ -113,15 +129,27 @@ impl Storage {
 
     fn open_collection(&self, info: &CollectionInfo) -> TarnResult<Arc<Collection>> {
         let rel = format!("collections/{}", info.uuid);
-        Collection::open(self.dir.join(&rel), self.store.clone(), ObjectPath::from(rel), info.options.clone(), self.policy)
+        Collection::open(
+            self.dir.join(&rel),
+            self.store.clone(),
+            ObjectPath::from(rel),
+            info.options.clone(),
+            self.policy,
+        )
     }
 
     fn save(&self) -> TarnResult<()> {
         let file = CatalogFile {
             workspaces: self.workspaces.read().clone(),
-            collections: self.collections.read().values().map(|(i, _)| i.clone()).collect(),
+            collections: self
+                .collections
+                .read()
+                .values()
+                .map(|(i, _)| i.clone())
+                .collect(),
         };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| TarnError::internal(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(&file).map_err(|e| TarnError::internal(e.to_string()))?;
         write_atomic(&self.dir.join("catalog.json"), &bytes)
     }
 
@@ -141,9 +169,16 @@ impl Storage {
         validate_name("workspace", name)?;
         let _g = self.change.lock();
         if self.workspaces.read().contains_key(name) {
-            return Err(TarnError::already_exists(format!("workspace '{name}' already exists")));
+            return Err(TarnError::already_exists(format!(
+                "workspace '{name}' already exists"
+            )));
         }
-        let info = WorkspaceInfo { name: name.into(), description: description.into(), created_at: now_string(), created_by: "tarn".into() };
+        let info = WorkspaceInfo {
+            name: name.into(),
+            description: description.into(),
+            created_at: now_string(),
+            created_by: "tarn".into(),
+        };
         self.workspaces.write().insert(name.into(), info.clone());
         if let Err(e) = self.save() {
             self.workspaces.write().remove(name);
@@ -156,7 +191,9 @@ impl Storage {
         let _g = self.change.lock();
         let info = self.get_workspace(name)?;
         if name == DEFAULT_WORKSPACE {
-            return Err(TarnError::invalid("the workspace 'commons' cannot be deleted"));
+            return Err(TarnError::invalid(
+                "the workspace 'commons' cannot be deleted",
+            ));
         }
         let n = self.collection_count(name);
         if n > 0 {
@@ -170,7 +207,11 @@ impl Storage {
     }
 
     pub fn collection_count(&self, workspace: &str) -> usize {
-        self.collections.read().keys().filter(|(w, _)| w == workspace).count()
+        self.collections
+            .read()
+            .keys()
+            .filter(|(w, _)| w == workspace)
+            .count()
     }
 
     /// Creates a collection. `extra` keeps the rest of the request for the layers that use it.
@@ -205,7 +246,9 @@ impl Storage {
             extra,
         };
         let c = self.open_collection(&info)?;
-        self.collections.write().insert(key.clone(), (info.clone(), c.clone()));
+        self.collections
+            .write()
+            .insert(key.clone(), (info.clone(), c.clone()));
         if let Err(e) = self.save() {
             self.collections.write().remove(&key);
             return Err(e);
@@ -213,16 +256,29 @@ impl Storage {
         Ok((info, c))
     }
 
-    pub fn get_collection(&self, workspace: &str, name: &str) -> TarnResult<(CollectionInfo, Arc<Collection>)> {
-        if let Some(entry) = self.collections.read().get(&(workspace.to_owned(), name.to_owned())) {
+    pub fn get_collection(
+        &self,
+        workspace: &str,
+        name: &str,
+    ) -> TarnResult<(CollectionInfo, Arc<Collection>)> {
+        if let Some(entry) = self
+            .collections
+            .read()
+            .get(&(workspace.to_owned(), name.to_owned()))
+        {
             return Ok(entry.clone());
         }
         self.get_workspace(workspace)?;
-        Err(TarnError::not_found(format!("collection '{name}' does not exist in workspace '{workspace}'")))
+        Err(TarnError::not_found(format!(
+            "collection '{name}' does not exist in workspace '{workspace}'"
+        )))
     }
 
     /// Collections, of one workspace or of all.
-    pub fn list_collections(&self, workspace: Option<&str>) -> Vec<(CollectionInfo, Arc<Collection>)> {
+    pub fn list_collections(
+        &self,
+        workspace: Option<&str>,
+    ) -> Vec<(CollectionInfo, Arc<Collection>)> {
         self.collections
             .read()
             .iter()
@@ -237,7 +293,9 @@ impl Storage {
         let key = (workspace.to_owned(), name.to_owned());
         let Some((info, c)) = self.collections.write().remove(&key) else {
             self.get_workspace(workspace)?;
-            return Err(TarnError::not_found(format!("collection '{name}' does not exist in workspace '{workspace}'")));
+            return Err(TarnError::not_found(format!(
+                "collection '{name}' does not exist in workspace '{workspace}'"
+            )));
         };
         self.save()?;
         c.close();
@@ -268,21 +326,51 @@ mod tests {
         let s = Storage::open(dir.path(), SealPolicy::default()).unwrap();
         assert!(s.get_workspace("commons").is_ok());
         s.create_workspace("ws1", "d").unwrap();
-        assert_eq!(s.create_workspace("ws1", "").unwrap_err().kind, ErrorKind::AlreadyExists);
-        assert_eq!(s.create_workspace("bad name", "").unwrap_err().kind, ErrorKind::InvalidInput);
-        s.create_collection("ws1", "c-1", "", CollectionOptions::default(), Default::default()).unwrap();
         assert_eq!(
-            s.create_collection("ws1", "c-1", "", CollectionOptions::default(), Default::default()).unwrap_err().kind,
+            s.create_workspace("ws1", "").unwrap_err().kind,
             ErrorKind::AlreadyExists
         );
-        assert_eq!(s.get_collection("nows", "x").unwrap_err().kind, ErrorKind::NotFound);
-        assert_eq!(s.delete_workspace("ws1").unwrap_err().kind, ErrorKind::InvalidInput);
+        assert_eq!(
+            s.create_workspace("bad name", "").unwrap_err().kind,
+            ErrorKind::InvalidInput
+        );
+        s.create_collection(
+            "ws1",
+            "c-1",
+            "",
+            CollectionOptions::default(),
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.create_collection(
+                "ws1",
+                "c-1",
+                "",
+                CollectionOptions::default(),
+                Default::default()
+            )
+            .unwrap_err()
+            .kind,
+            ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            s.get_collection("nows", "x").unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            s.delete_workspace("ws1").unwrap_err().kind,
+            ErrorKind::InvalidInput
+        );
         s.close();
         drop(s);
         let s = Storage::open(dir.path(), SealPolicy::default()).unwrap();
         assert_eq!(s.list_collections(Some("ws1")).len(), 1);
         s.delete_collection("ws1", "c-1").unwrap();
         s.delete_workspace("ws1").unwrap();
-        assert_eq!(s.get_workspace("ws1").unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(
+            s.get_workspace("ws1").unwrap_err().kind,
+            ErrorKind::NotFound
+        );
     }
 }

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Schema, SchemaRef};
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -76,7 +76,11 @@ pub struct SealPolicy {
 
 impl Default for SealPolicy {
     fn default() -> Self {
-        SealPolicy { max_rows: 65_536, max_bytes: 256 << 20, max_age: Duration::from_secs(600) }
+        SealPolicy {
+            max_rows: 65_536,
+            max_bytes: 256 << 20,
+            max_age: Duration::from_secs(600),
+        }
     }
 }
 
@@ -149,9 +153,19 @@ pub struct PreparedWrite {
 }
 
 enum WriterMsg {
-    Insert { write: PreparedWrite, checkpoints: Vec<(String, String)>, reply: oneshot::Sender<TarnResult<Vec<DocStatus>>> },
-    Delete { ids: Vec<String>, framed: Vec<u8>, reply: oneshot::Sender<TarnResult<Vec<DocStatus>>> },
-    Seal { reply: oneshot::Sender<TarnResult<()>> },
+    Insert {
+        write: PreparedWrite,
+        checkpoints: Vec<(String, String)>,
+        reply: oneshot::Sender<TarnResult<Vec<DocStatus>>>,
+    },
+    Delete {
+        ids: Vec<String>,
+        framed: Vec<u8>,
+        reply: oneshot::Sender<TarnResult<Vec<DocStatus>>>,
+    },
+    Seal {
+        reply: oneshot::Sender<TarnResult<()>>,
+    },
 }
 
 enum SealerMsg {
@@ -185,7 +199,9 @@ pub struct Collection {
 
 impl std::fmt::Debug for Collection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Collection").field("dir", &self.dir).finish()
+        f.debug_struct("Collection")
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
@@ -194,7 +210,10 @@ fn manifest_path(dir: &Path) -> PathBuf {
 }
 
 fn segment_object(prefix: &ObjectPath, id: u64) -> ObjectPath {
-    prefix.clone().join("segments").join(format!("{id:016}.arrow"))
+    prefix
+        .clone()
+        .join("segments")
+        .join(format!("{id:016}.arrow"))
 }
 
 fn bitmap_path(dir: &Path, id: u64) -> PathBuf {
@@ -204,7 +223,9 @@ fn bitmap_path(dir: &Path, id: u64) -> PathBuf {
 /// Writes a file atomically and durably: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> TarnResult<()> {
     use std::io::Write;
-    let dir = path.parent().ok_or_else(|| TarnError::internal("path without parent"))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| TarnError::internal("path without parent"))?;
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
     {
@@ -222,19 +243,35 @@ fn logged_to_documents(docs: Vec<LoggedDoc>) -> TarnResult<Vec<(Document, Vec<u8
         .map(|d| {
             let mut body = match serde_json::from_slice::<Value>(&d.json) {
                 Ok(Value::Object(m)) => m,
-                _ => return Err(TarnError::internal(format!("logged document {} is not an object", d.id))),
+                _ => {
+                    return Err(TarnError::internal(format!(
+                        "logged document {} is not an object",
+                        d.id
+                    )));
+                }
             };
             for k in [types::ID, types::EVENT_TIME, types::META] {
                 body.remove(k);
             }
             let meta = serde_json::from_slice(&d.meta).unwrap_or(Value::Null);
-            Ok((Document { id: d.id, event_time: d.event_time, meta, body }, d.json))
+            Ok((
+                Document {
+                    id: d.id,
+                    event_time: d.event_time,
+                    meta,
+                    body,
+                },
+                d.json,
+            ))
         })
         .collect()
 }
 
 /// Builds the batch and the log record for documents (done by the caller's thread).
-pub fn prepare_write(docs: Vec<(Document, Vec<u8>)>, checkpoints: &[(String, String)]) -> PreparedWrite {
+pub fn prepare_write(
+    docs: Vec<(Document, Vec<u8>)>,
+    checkpoints: &[(String, String)],
+) -> PreparedWrite {
     let plain: Vec<Document> = docs.iter().map(|(d, _)| d.clone()).collect();
     let batch = documents_to_batch(&plain);
     let ids = plain.iter().map(|d| d.id.clone()).collect();
@@ -248,7 +285,11 @@ pub fn prepare_write(docs: Vec<(Document, Vec<u8>)>, checkpoints: &[(String, Str
         })
         .collect();
     let mut framed = Vec::new();
-    WalRecord::Insert { docs: logged, checkpoints: checkpoints.to_vec() }.encode_into(&mut framed);
+    WalRecord::Insert {
+        docs: logged,
+        checkpoints: checkpoints.to_vec(),
+    }
+    .encode_into(&mut framed);
     PreparedWrite { batch, ids, framed }
 }
 
@@ -265,33 +306,76 @@ impl Collection {
         std::fs::create_dir_all(dir.join("wal"))?;
         std::fs::create_dir_all(dir.join("segments"))?;
         let manifest: Manifest = match std::fs::read(manifest_path(&dir)) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| TarnError::internal(format!("{} is corrupt: {e}", manifest_path(&dir).display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest { wal_start: 1, next_segment_id: 1, ..Default::default() },
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                TarnError::internal(format!("{} is corrupt: {e}", manifest_path(&dir).display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest {
+                wal_start: 1,
+                next_segment_id: 1,
+                ..Default::default()
+            },
             Err(e) => return Err(e.into()),
         };
-        let mut schema: SchemaRef = Arc::new(manifest.schema.clone().unwrap_or_else(|| types::base_schema().as_ref().clone()));
+        let mut schema: SchemaRef = Arc::new(
+            manifest
+                .schema
+                .clone()
+                .unwrap_or_else(|| types::base_schema().as_ref().clone()),
+        );
         let mut segments = BTreeMap::new();
         let mut index: HashMap<String, Loc> = HashMap::new();
         let mut live_docs = 0;
         for ms in &manifest.segments {
-            let bytes = futures::executor::block_on(async { store.get(&segment_object(&prefix, ms.id)).await?.bytes().await })
-                .map_err(|e| TarnError::internal(format!("cannot read segment {} of {}: {e}", ms.id, dir.display())))?;
+            let bytes = futures::executor::block_on(async {
+                store
+                    .get(&segment_object(&prefix, ms.id))
+                    .await?
+                    .bytes()
+                    .await
+            })
+            .map_err(|e| {
+                TarnError::internal(format!(
+                    "cannot read segment {} of {}: {e}",
+                    ms.id,
+                    dir.display()
+                ))
+            })?;
             let batch = decode_ipc(bytes)?;
             let deleted = match std::fs::read(bitmap_path(&dir, ms.id)) {
                 Ok(b) => DeleteBitmap::from_bytes(&b),
                 Err(_) => DeleteBitmap::default(),
             };
-            let ids = batch.column_by_name(ID).ok_or_else(|| TarnError::internal("segment without _id"))?.as_string::<i32>().clone();
+            let ids = batch
+                .column_by_name(ID)
+                .ok_or_else(|| TarnError::internal("segment without _id"))?
+                .as_string::<i32>()
+                .clone();
             for row in 0..ids.len() {
                 if !deleted.contains(row) {
-                    index.insert(ids.value(row).to_owned(), Loc { segment: ms.id, row: row as u32 });
+                    index.insert(
+                        ids.value(row).to_owned(),
+                        Loc {
+                            segment: ms.id,
+                            row: row as u32,
+                        },
+                    );
                 }
             }
             schema = types::merge_schemas(&schema, &batch.schema());
-            let segment = Arc::new(Segment { id: ms.id, batch, stats: ms.stats.clone() });
+            let segment = Arc::new(Segment {
+                id: ms.id,
+                batch,
+                stats: ms.stats.clone(),
+            });
             live_docs += segment.stats.rows - deleted.count() as u64;
-            segments.insert(ms.id, SegmentEntry { segment, deleted: Arc::new(deleted), sealed: true });
+            segments.insert(
+                ms.id,
+                SegmentEntry {
+                    segment,
+                    deleted: Arc::new(deleted),
+                    sealed: true,
+                },
+            );
         }
         let state = Arc::new(RwLock::new(State {
             segments,
@@ -301,7 +385,10 @@ impl Collection {
             checkpoints: manifest.checkpoints.clone(),
         }));
         let wal_dir = dir.join("wal");
-        let generations: Vec<u64> = wal::list_generations(&wal_dir)?.into_iter().filter(|g| *g >= manifest.wal_start).collect();
+        let generations: Vec<u64> = wal::list_generations(&wal_dir)?
+            .into_iter()
+            .filter(|g| *g >= manifest.wal_start)
+            .collect();
         let (sealer_tx, sealer_rx) = mpsc::channel();
         let mut writer = Writer {
             dir: dir.clone(),
@@ -315,7 +402,11 @@ impl Collection {
             policy,
             retention: options.retention_secs,
             sealer: sealer_tx,
-            persisted_bitmaps: manifest.segments.iter().map(|s| (s.id, s.deleted_rows)).collect(),
+            persisted_bitmaps: manifest
+                .segments
+                .iter()
+                .map(|s| (s.id, s.deleted_rows))
+                .collect(),
         };
         let mut replayed = 0usize;
         for g in &generations {
@@ -343,7 +434,9 @@ impl Collection {
         let sealer = std::thread::Builder::new()
             .name("tarn-sealer".into())
             .spawn(move || run_sealer(sealer_dir, store, prefix, sealer_rx))?;
-        let writer_thread = std::thread::Builder::new().name("tarn-writer".into()).spawn(move || writer.run(rx))?;
+        let writer_thread = std::thread::Builder::new()
+            .name("tarn-writer".into())
+            .spawn(move || writer.run(rx))?;
         Ok(Arc::new(Collection {
             dir,
             state,
@@ -364,29 +457,49 @@ impl Collection {
     fn send(&self, msg: WriterMsg) -> TarnResult<()> {
         let tx = self.writer_tx.lock();
         match tx.as_ref() {
-            Some(tx) => tx.send(msg).map_err(|_| TarnError::unavailable("the collection is closed")),
+            Some(tx) => tx
+                .send(msg)
+                .map_err(|_| TarnError::unavailable("the collection is closed")),
             None => Err(TarnError::unavailable("the collection is closed")),
         }
     }
 
     /// Stores documents; answers once they are durable and visible. Each document's JSON text
     /// is logged as given.
-    pub async fn insert(&self, docs: Vec<(Document, Vec<u8>)>, checkpoints: Vec<(String, String)>) -> TarnResult<Vec<DocStatus>> {
+    pub async fn insert(
+        &self,
+        docs: Vec<(Document, Vec<u8>)>,
+        checkpoints: Vec<(String, String)>,
+    ) -> TarnResult<Vec<DocStatus>> {
         let cp = checkpoints.clone();
         let write = tokio::task::spawn_blocking(move || prepare_write(docs, &cp))
             .await
             .map_err(|e| TarnError::internal(format!("preparing the write failed: {e}")))?;
         let (reply, rx) = oneshot::channel();
-        self.send(WriterMsg::Insert { write, checkpoints, reply })?;
-        rx.await.map_err(|_| TarnError::unavailable("the collection closed during the write"))?
+        self.send(WriterMsg::Insert {
+            write,
+            checkpoints,
+            reply,
+        })?;
+        rx.await
+            .map_err(|_| TarnError::unavailable("the collection closed during the write"))?
     }
 
     /// The blocking form of [`Collection::insert`], for threads outside the async runtime.
-    pub fn insert_blocking(&self, docs: Vec<(Document, Vec<u8>)>, checkpoints: Vec<(String, String)>) -> TarnResult<Vec<DocStatus>> {
+    pub fn insert_blocking(
+        &self,
+        docs: Vec<(Document, Vec<u8>)>,
+        checkpoints: Vec<(String, String)>,
+    ) -> TarnResult<Vec<DocStatus>> {
         let write = prepare_write(docs, &checkpoints);
         let (reply, rx) = oneshot::channel();
-        self.send(WriterMsg::Insert { write, checkpoints, reply })?;
-        rx.blocking_recv().map_err(|_| TarnError::unavailable("the collection closed during the write"))?
+        self.send(WriterMsg::Insert {
+            write,
+            checkpoints,
+            reply,
+        })?;
+        rx.blocking_recv()
+            .map_err(|_| TarnError::unavailable("the collection closed during the write"))?
     }
 
     /// Deletes documents by `_id`; answers once durable.
@@ -395,14 +508,16 @@ impl Collection {
         WalRecord::Delete { ids: ids.clone() }.encode_into(&mut framed);
         let (reply, rx) = oneshot::channel();
         self.send(WriterMsg::Delete { ids, framed, reply })?;
-        rx.await.map_err(|_| TarnError::unavailable("the collection closed during the write"))?
+        rx.await
+            .map_err(|_| TarnError::unavailable("the collection closed during the write"))?
     }
 
     /// Seals the mutable segment now and waits until it is durable on disk.
     pub async fn seal(&self) -> TarnResult<()> {
         let (reply, rx) = oneshot::channel();
         self.send(WriterMsg::Seal { reply })?;
-        rx.await.map_err(|_| TarnError::unavailable("the collection closed during sealing"))?
+        rx.await
+            .map_err(|_| TarnError::unavailable("the collection closed during sealing"))?
     }
 
     /// A consistent view for a query.
@@ -411,7 +526,10 @@ impl Collection {
         Snapshot {
             schema: s.schema.clone(),
             segments: s.segments.values().cloned().collect(),
-            retention_cutoff: self.options.retention_secs.map(|r| tarn_common::time::now_micros() - r as i64 * 1_000_000),
+            retention_cutoff: self
+                .options
+                .retention_secs
+                .map(|r| tarn_common::time::now_micros() - r as i64 * 1_000_000),
         }
     }
 
@@ -492,7 +610,10 @@ impl Writer {
                 }
                 self.handle_group(group);
             }
-            if self.mutable_since.is_some_and(|t| t.elapsed() >= self.policy.max_age) {
+            if self
+                .mutable_since
+                .is_some_and(|t| t.elapsed() >= self.policy.max_age)
+            {
                 if let Err(e) = self.seal() {
                     tracing::error!(collection = %self.dir.display(), error = %e, "sealing failed");
                 }
@@ -539,7 +660,11 @@ impl Writer {
         }
         for m in group {
             match m {
-                WriterMsg::Insert { write, checkpoints, reply } => {
+                WriterMsg::Insert {
+                    write,
+                    checkpoints,
+                    reply,
+                } => {
                     let statuses = self.apply_insert(write, &checkpoints);
                     let _ = reply.send(Ok(statuses));
                 }
@@ -563,25 +688,44 @@ impl Writer {
 
     fn sealer_barrier(&self) -> TarnResult<()> {
         let (tx, rx) = oneshot::channel();
-        self.sealer.send(SealerMsg::Barrier(tx)).map_err(|_| TarnError::internal("the sealer stopped"))?;
-        rx.blocking_recv().map_err(|_| TarnError::internal("the sealer stopped"))?
+        self.sealer
+            .send(SealerMsg::Barrier(tx))
+            .map_err(|_| TarnError::internal("the sealer stopped"))?;
+        rx.blocking_recv()
+            .map_err(|_| TarnError::internal("the sealer stopped"))?
     }
 
     fn mutable_size(&self) -> (usize, usize) {
         let s = self.state.read();
-        self.mutable.iter().filter_map(|id| s.segments.get(id)).fold((0, 0), |(r, b), e| {
-            (r + e.segment.stats.rows as usize, b + e.segment.stats.bytes as usize)
-        })
+        self.mutable
+            .iter()
+            .filter_map(|id| s.segments.get(id))
+            .fold((0, 0), |(r, b), e| {
+                (
+                    r + e.segment.stats.rows as usize,
+                    b + e.segment.stats.bytes as usize,
+                )
+            })
     }
 
-    fn apply_insert(&mut self, write: PreparedWrite, checkpoints: &[(String, String)]) -> Vec<DocStatus> {
+    fn apply_insert(
+        &mut self,
+        write: PreparedWrite,
+        checkpoints: &[(String, String)],
+    ) -> Vec<DocStatus> {
         let seg_id = self.next_segment_id;
         self.next_segment_id += 1;
         let mut own_deleted = DeleteBitmap::default();
         let mut elsewhere: Vec<Loc> = Vec::new();
         let mut statuses = Vec::with_capacity(write.ids.len());
         for (row, id) in write.ids.into_iter().enumerate() {
-            match self.index.insert(id, Loc { segment: seg_id, row: row as u32 }) {
+            match self.index.insert(
+                id,
+                Loc {
+                    segment: seg_id,
+                    row: row as u32,
+                },
+            ) {
                 Some(old) if old.segment == seg_id => {
                     own_deleted.insert(old.row as usize);
                     statuses.push(DocStatus::Replaced);
@@ -599,7 +743,14 @@ impl Writer {
             let mut s = self.state.write();
             let replaced_elsewhere = mark_deleted(&mut s, &elsewhere);
             s.schema = types::merge_schemas(&s.schema, &segment.batch.schema());
-            s.segments.insert(seg_id, SegmentEntry { segment, deleted: Arc::new(own_deleted), sealed: false });
+            s.segments.insert(
+                seg_id,
+                SegmentEntry {
+                    segment,
+                    deleted: Arc::new(own_deleted),
+                    sealed: false,
+                },
+            );
             s.live_docs = s.live_docs + added - replaced_elsewhere;
             s.last_updated_ms = chrono::Utc::now().timestamp_millis();
             for (k, v) in checkpoints {
@@ -638,7 +789,10 @@ impl Writer {
             let (older, newer) = {
                 let s = self.state.read();
                 let rows = |id: &u64| s.segments.get(id).map_or(0, |e| e.segment.stats.rows);
-                (rows(&self.mutable[self.mutable.len() - 2]), rows(&self.mutable[self.mutable.len() - 1]))
+                (
+                    rows(&self.mutable[self.mutable.len() - 2]),
+                    rows(&self.mutable[self.mutable.len() - 1]),
+                )
             };
             if older > newer * 2 {
                 break;
@@ -659,7 +813,9 @@ impl Writer {
     fn merge_segments(&mut self, ids: &[u64], sealed: bool) -> TarnResult<u64> {
         let entries: Vec<SegmentEntry> = {
             let s = self.state.read();
-            ids.iter().filter_map(|id| s.segments.get(id).cloned()).collect()
+            ids.iter()
+                .filter_map(|id| s.segments.get(id).cloned())
+                .collect()
         };
         let mut schema: SchemaRef = Arc::new(Schema::empty());
         for e in &entries {
@@ -669,7 +825,8 @@ impl Writer {
         for e in &entries {
             let mut b = adapt_batch(&e.segment.batch, &schema)?;
             if !e.deleted.is_empty() {
-                b = arrow::compute::filter_record_batch(&b, &e.deleted.keep_mask(b.num_rows())).map_err(arrow_error)?;
+                b = arrow::compute::filter_record_batch(&b, &e.deleted.keep_mask(b.num_rows()))
+                    .map_err(arrow_error)?;
             }
             batches.push(b);
         }
@@ -677,15 +834,32 @@ impl Writer {
         let new_id = self.next_segment_id;
         self.next_segment_id += 1;
         let segment = Segment::new(new_id, merged);
-        let ids_col = segment.batch.column_by_name(ID).expect("segments have _id").as_string::<i32>();
+        let ids_col = segment
+            .batch
+            .column_by_name(ID)
+            .expect("segments have _id")
+            .as_string::<i32>();
         for row in 0..ids_col.len() {
-            self.index.insert(ids_col.value(row).to_owned(), Loc { segment: new_id, row: row as u32 });
+            self.index.insert(
+                ids_col.value(row).to_owned(),
+                Loc {
+                    segment: new_id,
+                    row: row as u32,
+                },
+            );
         }
         let mut s = self.state.write();
         for id in ids {
             s.segments.remove(id);
         }
-        s.segments.insert(new_id, SegmentEntry { segment, deleted: Arc::new(DeleteBitmap::default()), sealed });
+        s.segments.insert(
+            new_id,
+            SegmentEntry {
+                segment,
+                deleted: Arc::new(DeleteBitmap::default()),
+                sealed,
+            },
+        );
         Ok(new_id)
     }
 
@@ -697,7 +871,11 @@ impl Writer {
         } else {
             let ids = std::mem::take(&mut self.mutable);
             let id = self.merge_segments(&ids, true)?;
-            self.state.read().segments.get(&id).map(|e| e.segment.clone())
+            self.state
+                .read()
+                .segments
+                .get(&id)
+                .map(|e| e.segment.clone())
         };
         let old_generation = self.wal.as_ref().map_or(self.wal_start, |w| w.generation);
         let next = old_generation + 1;
@@ -707,17 +885,32 @@ impl Writer {
     }
 
     /// Sends the sealer the current manifest, with the bitmaps that changed since last time.
-    fn send_manifest(&mut self, new_segment: Option<Arc<Segment>>, dropped: Vec<u64>, delete_wal_before: u64) -> TarnResult<()> {
+    fn send_manifest(
+        &mut self,
+        new_segment: Option<Arc<Segment>>,
+        dropped: Vec<u64>,
+        delete_wal_before: u64,
+    ) -> TarnResult<()> {
         let s = self.state.read();
         let mut bitmaps = Vec::new();
         let mut segments = Vec::new();
         for e in s.segments.values().filter(|e| e.sealed) {
             let n = e.deleted.count();
-            if self.persisted_bitmaps.get(&e.segment.id).copied().unwrap_or(0) != n {
+            if self
+                .persisted_bitmaps
+                .get(&e.segment.id)
+                .copied()
+                .unwrap_or(0)
+                != n
+            {
                 bitmaps.push((e.segment.id, e.deleted.clone()));
                 self.persisted_bitmaps.insert(e.segment.id, n);
             }
-            segments.push(ManifestSegment { id: e.segment.id, stats: e.segment.stats.clone(), deleted_rows: n });
+            segments.push(ManifestSegment {
+                id: e.segment.id,
+                stats: e.segment.stats.clone(),
+                deleted_rows: n,
+            });
         }
         let manifest = Manifest {
             segments,
@@ -728,7 +921,13 @@ impl Writer {
         };
         drop(s);
         self.sealer
-            .send(SealerMsg::Persist(Box::new(SealJob { new_segment, bitmaps, dropped, manifest, delete_wal_before })))
+            .send(SealerMsg::Persist(Box::new(SealJob {
+                new_segment,
+                bitmaps,
+                dropped,
+                manifest,
+                delete_wal_before,
+            })))
             .map_err(|_| TarnError::internal("the sealer stopped"))
     }
 
@@ -738,7 +937,11 @@ impl Writer {
         let cutoff = tarn_common::time::now_micros() - secs as i64 * 1_000_000;
         let expired: Vec<SegmentEntry> = {
             let s = self.state.read();
-            s.segments.values().filter(|e| e.segment.stats.max_event_time < cutoff).cloned().collect()
+            s.segments
+                .values()
+                .filter(|e| e.segment.stats.max_event_time < cutoff)
+                .cloned()
+                .collect()
         };
         if expired.is_empty() {
             return;
@@ -756,9 +959,18 @@ impl Writer {
             }
         }
         for e in &expired {
-            let ids = e.segment.batch.column_by_name(ID).expect("segments have _id").as_string::<i32>();
+            let ids = e
+                .segment
+                .batch
+                .column_by_name(ID)
+                .expect("segments have _id")
+                .as_string::<i32>();
             for row in 0..ids.len() {
-                if self.index.get(ids.value(row)).is_some_and(|l| l.segment == e.segment.id) {
+                if self
+                    .index
+                    .get(ids.value(row))
+                    .is_some_and(|l| l.segment == e.segment.id)
+                {
                     self.index.remove(ids.value(row));
                 }
             }
@@ -787,7 +999,12 @@ fn mark_deleted(s: &mut State, locs: &[Loc]) -> u64 {
     n
 }
 
-fn run_sealer(dir: PathBuf, store: Arc<dyn ObjectStore>, prefix: ObjectPath, rx: Receiver<SealerMsg>) {
+fn run_sealer(
+    dir: PathBuf,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    rx: Receiver<SealerMsg>,
+) {
     let mut failed: Option<TarnError> = None;
     for msg in rx {
         match msg {
@@ -807,7 +1024,12 @@ fn run_sealer(dir: PathBuf, store: Arc<dyn ObjectStore>, prefix: ObjectPath, rx:
     }
 }
 
-fn persist(dir: &Path, store: &dyn ObjectStore, prefix: &ObjectPath, job: SealJob) -> TarnResult<()> {
+fn persist(
+    dir: &Path,
+    store: &dyn ObjectStore,
+    prefix: &ObjectPath,
+    job: SealJob,
+) -> TarnResult<()> {
     if let Some(seg) = &job.new_segment {
         let bytes = encode_ipc(&seg.batch)?;
         let path = segment_object(prefix, seg.id);
@@ -823,7 +1045,8 @@ fn persist(dir: &Path, store: &dyn ObjectStore, prefix: &ObjectPath, job: SealJo
     for (id, bitmap) in &job.bitmaps {
         write_atomic(&bitmap_path(dir, *id), &bitmap.to_bytes())?;
     }
-    let manifest = serde_json::to_vec_pretty(&job.manifest).map_err(|e| TarnError::internal(e.to_string()))?;
+    let manifest =
+        serde_json::to_vec_pretty(&job.manifest).map_err(|e| TarnError::internal(e.to_string()))?;
     write_atomic(&manifest_path(dir), &manifest)?;
     for g in wal::list_generations(&dir.join("wal"))? {
         if g < job.delete_wal_before {
@@ -844,8 +1067,16 @@ mod tests {
     use serde_json::json;
 
     fn open(dir: &Path, policy: SealPolicy) -> Arc<Collection> {
-        let store: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap());
-        Collection::open(dir.to_path_buf(), store, ObjectPath::from(""), CollectionOptions::default(), policy).unwrap()
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap());
+        Collection::open(
+            dir.to_path_buf(),
+            store,
+            ObjectPath::from(""),
+            CollectionOptions::default(),
+            policy,
+        )
+        .unwrap()
     }
 
     fn docs(values: &[Value]) -> Vec<(Document, Vec<u8>)> {
@@ -853,8 +1084,15 @@ mod tests {
         values
             .iter()
             .map(|v| {
-                let ctx = IngestContext { event_time_info: None, now_micros: 1_000, meta: &meta };
-                (prepare(v.clone(), &ctx).unwrap(), serde_json::to_vec(v).unwrap())
+                let ctx = IngestContext {
+                    event_time_info: None,
+                    now_micros: 1_000,
+                    meta: &meta,
+                };
+                (
+                    prepare(v.clone(), &ctx).unwrap(),
+                    serde_json::to_vec(v).unwrap(),
+                )
             })
             .collect()
     }
@@ -863,7 +1101,12 @@ mod tests {
         let snap = c.snapshot();
         let mut out = Vec::new();
         for e in &snap.segments {
-            let ids = e.segment.batch.column_by_name(ID).unwrap().as_string::<i32>();
+            let ids = e
+                .segment
+                .batch
+                .column_by_name(ID)
+                .unwrap()
+                .as_string::<i32>();
             for r in 0..ids.len() {
                 if !e.deleted.contains(r) {
                     out.push(ids.value(r).to_owned());
@@ -878,12 +1121,26 @@ mod tests {
     fn insert_replace_delete_and_replay() {
         let dir = tempfile::tempdir().unwrap();
         let c = open(dir.path(), SealPolicy::default());
-        let st = c.insert_blocking(docs(&[json!({"_id": "a", "v": 1}), json!({"_id": "b", "v": 2})]), vec![]).unwrap();
+        let st = c
+            .insert_blocking(
+                docs(&[json!({"_id": "a", "v": 1}), json!({"_id": "b", "v": 2})]),
+                vec![],
+            )
+            .unwrap();
         assert_eq!(st, vec![DocStatus::Added, DocStatus::Added]);
-        let st = c.insert_blocking(docs(&[json!({"_id": "a", "v": "one"})]), vec![("s".into(), "7".into())]).unwrap();
+        let st = c
+            .insert_blocking(
+                docs(&[json!({"_id": "a", "v": "one"})]),
+                vec![("s".into(), "7".into())],
+            )
+            .unwrap();
         assert_eq!(st, vec![DocStatus::Replaced]);
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let st = rt.block_on(c.delete(vec!["b".into(), "zz".into()])).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let st = rt
+            .block_on(c.delete(vec!["b".into(), "zz".into()]))
+            .unwrap();
         assert_eq!(st[0], DocStatus::Deleted);
         assert!(matches!(st[1], DocStatus::Error(_)));
         assert_eq!(c.stats().doc_count, 1);
@@ -899,20 +1156,31 @@ mod tests {
     #[test]
     fn sealing_persists_segments_and_truncates_log() {
         let dir = tempfile::tempdir().unwrap();
-        let policy = SealPolicy { max_rows: 10, ..Default::default() };
+        let policy = SealPolicy {
+            max_rows: 10,
+            ..Default::default()
+        };
         let c = open(dir.path(), policy);
         for i in 0..35 {
-            c.insert_blocking(docs(&[json!({"_id": i.to_string(), "n": i})]), vec![]).unwrap();
+            c.insert_blocking(docs(&[json!({"_id": i.to_string(), "n": i})]), vec![])
+                .unwrap();
         }
-        c.insert_blocking(docs(&[json!({"_id": "3", "n": "replaced"})]), vec![]).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        c.insert_blocking(docs(&[json!({"_id": "3", "n": "replaced"})]), vec![])
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(c.delete(vec!["4".into()])).unwrap();
         rt.block_on(c.seal()).unwrap();
         let stats = c.stats();
         assert_eq!(stats.doc_count, 34);
         assert!(stats.sealed_segments >= 3, "{stats:?}");
         let wal_files = wal::list_generations(&dir.path().join("wal")).unwrap();
-        assert_eq!(wal_files.len(), 1, "old generations are deleted: {wal_files:?}");
+        assert_eq!(
+            wal_files.len(),
+            1,
+            "old generations are deleted: {wal_files:?}"
+        );
         let before = live_ids(&c);
         c.close();
         drop(c);

@@ -38,7 +38,10 @@ impl EventTimeInfo {
             return Err("event_time_info.field must name a field".into());
         }
         match self.format.as_deref() {
-            None | Some("milliseconds_since_epoch" | "seconds_since_epoch" | "microseconds_since_epoch") => Ok(()),
+            None
+            | Some(
+                "milliseconds_since_epoch" | "seconds_since_epoch" | "microseconds_since_epoch",
+            ) => Ok(()),
             Some(f) => Err(format!(
                 "event_time_info.format '{f}' is not known: use milliseconds_since_epoch, \
                  seconds_since_epoch, microseconds_since_epoch, or omit it for ISO-8601 strings"
@@ -53,7 +56,9 @@ impl EventTimeInfo {
         for p in parts {
             cur = cur.and_then(|v| v.get(p));
         }
-        let Some(v) = cur.filter(|v| !v.is_null()) else { return Ok(None) };
+        let Some(v) = cur.filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
         let scale = match self.format.as_deref() {
             Some("milliseconds_since_epoch") => 1_000,
             Some("seconds_since_epoch") => 1_000_000,
@@ -61,7 +66,10 @@ impl EventTimeInfo {
             _ => {
                 return match v.as_str().and_then(parse_iso8601_micros) {
                     Some(t) => Ok(Some(t)),
-                    None => Err(format!("field '{}' is {v}, not an ISO-8601 timestamp", self.field)),
+                    None => Err(format!(
+                        "field '{}' is {v}, not an ISO-8601 timestamp",
+                        self.field
+                    )),
                 };
             }
         };
@@ -70,13 +78,15 @@ impl EventTimeInfo {
             Value::String(s) => s.trim().parse::<i64>().ok(),
             _ => None,
         };
-        n.and_then(|n| n.checked_mul(scale)).map(Some).ok_or_else(|| {
-            format!(
-                "field '{}' is {v}, not an integer count of {}",
-                self.field,
-                self.format.as_deref().unwrap_or_default().replace('_', " ")
-            )
-        })
+        n.and_then(|n| n.checked_mul(scale))
+            .map(Some)
+            .ok_or_else(|| {
+                format!(
+                    "field '{}' is {v}, not an integer count of {}",
+                    self.field,
+                    self.format.as_deref().unwrap_or_default().replace('_', " ")
+                )
+            })
     }
 }
 
@@ -93,7 +103,10 @@ pub fn prepare(value: Value, ctx: &IngestContext) -> Result<Document, String> {
     let mut body = match value {
         Value::Object(m) => m,
         other => {
-            return Err(format!("a document must be a JSON object, not {}", json_kind(&other)));
+            return Err(format!(
+                "a document must be a JSON object, not {}",
+                json_kind(&other)
+            ));
         }
     };
     if body.contains_key(NULLS) {
@@ -103,7 +116,11 @@ pub fn prepare(value: Value, ctx: &IngestContext) -> Result<Document, String> {
         None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
         Some(Value::String(s)) if !s.is_empty() => s,
         Some(other) => {
-            return Err(format!("_id must be a non-empty string, not {}: quote it, as in \"_id\": \"{}\"", json_kind(&other), other));
+            return Err(format!(
+                "_id must be a non-empty string, not {}: quote it, as in \"_id\": \"{}\"",
+                json_kind(&other),
+                other
+            ));
         }
     };
     body.remove(META); // Rockset ignores a user-supplied _meta.
@@ -121,7 +138,12 @@ pub fn prepare(value: Value, ctx: &IngestContext) -> Result<Document, String> {
             ));
         }
     };
-    Ok(Document { id, event_time, meta: ctx.meta.clone(), body })
+    Ok(Document {
+        id,
+        event_time,
+        meta: ctx.meta.clone(),
+        body,
+    })
 }
 
 /// Parses one document's JSON text, enforcing the size and depth limits.
@@ -158,7 +180,11 @@ mod tests {
     use serde_json::json;
 
     fn ctx<'a>(info: Option<&'a EventTimeInfo>, meta: &'a Value) -> IngestContext<'a> {
-        IngestContext { event_time_info: info, now_micros: 42, meta }
+        IngestContext {
+            event_time_info: info,
+            now_micros: 42,
+            meta,
+        }
     }
 
     #[test]
@@ -170,30 +196,78 @@ mod tests {
         assert_eq!(Value::Object(d.body), json!({"x": 1}));
         let d = prepare(json!({"x": 1}), &ctx(None, &meta)).unwrap();
         assert_eq!(d.id.len(), 36);
-        assert!(prepare(json!([1]), &ctx(None, &meta)).unwrap_err().contains("array"));
-        assert!(prepare(json!({"_id": 5}), &ctx(None, &meta)).unwrap_err().contains("string"));
-        let d = prepare(json!({"_event_time": "2020-12-03T12:53:20Z"}), &ctx(None, &meta)).unwrap();
+        assert!(
+            prepare(json!([1]), &ctx(None, &meta))
+                .unwrap_err()
+                .contains("array")
+        );
+        assert!(
+            prepare(json!({"_id": 5}), &ctx(None, &meta))
+                .unwrap_err()
+                .contains("string")
+        );
+        let d = prepare(
+            json!({"_event_time": "2020-12-03T12:53:20Z"}),
+            &ctx(None, &meta),
+        )
+        .unwrap();
         assert_eq!(d.event_time, 1_607_000_000_000_000);
     }
 
     #[test]
     fn maps_event_time_from_field() {
         let meta = json!(null);
-        let info = EventTimeInfo { field: "timestamp_ms".into(), format: Some("milliseconds_since_epoch".into()), time_zone: None };
-        let d = prepare(json!({"timestamp_ms": "1607000000123"}), &ctx(Some(&info), &meta)).unwrap();
+        let info = EventTimeInfo {
+            field: "timestamp_ms".into(),
+            format: Some("milliseconds_since_epoch".into()),
+            time_zone: None,
+        };
+        let d = prepare(
+            json!({"timestamp_ms": "1607000000123"}),
+            &ctx(Some(&info), &meta),
+        )
+        .unwrap();
         assert_eq!(d.event_time, 1_607_000_000_123_000);
-        assert_eq!(d.body["timestamp_ms"], json!("1607000000123"), "the mapped field is kept");
-        assert_eq!(prepare(json!({}), &ctx(Some(&info), &meta)).unwrap().event_time, 42);
+        assert_eq!(
+            d.body["timestamp_ms"],
+            json!("1607000000123"),
+            "the mapped field is kept"
+        );
+        assert_eq!(
+            prepare(json!({}), &ctx(Some(&info), &meta))
+                .unwrap()
+                .event_time,
+            42
+        );
         assert!(prepare(json!({"timestamp_ms": "soon"}), &ctx(Some(&info), &meta)).is_err());
-        let iso = EventTimeInfo { field: "t.at".into(), format: None, time_zone: None };
-        let d = prepare(json!({"t": {"at": "2020-12-03T12:53:20Z"}}), &ctx(Some(&iso), &meta)).unwrap();
+        let iso = EventTimeInfo {
+            field: "t.at".into(),
+            format: None,
+            time_zone: None,
+        };
+        let d = prepare(
+            json!({"t": {"at": "2020-12-03T12:53:20Z"}}),
+            &ctx(Some(&iso), &meta),
+        )
+        .unwrap();
         assert_eq!(d.event_time, 1_607_000_000_000_000);
-        assert!(EventTimeInfo { format: Some("days".into()), ..iso }.validate().is_err());
+        assert!(
+            EventTimeInfo {
+                format: Some("days".into()),
+                ..iso
+            }
+            .validate()
+            .is_err()
+        );
     }
 
     #[test]
     fn limits_are_errors() {
-        assert!(parse_limited(b"{}", MAX_DOCUMENT_DEPTH + 1).unwrap_err().contains("levels deep"));
+        assert!(
+            parse_limited(b"{}", MAX_DOCUMENT_DEPTH + 1)
+                .unwrap_err()
+                .contains("levels deep")
+        );
         assert!(parse_limited(b"{\"a\":1}", 1).is_ok());
     }
 }

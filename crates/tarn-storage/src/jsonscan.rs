@@ -49,7 +49,10 @@ struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     fn err<T>(&self, msg: impl Into<String>) -> Result<T, SyntaxError> {
-        Err(SyntaxError { offset: self.i, message: msg.into() })
+        Err(SyntaxError {
+            offset: self.i,
+            message: msg.into(),
+        })
     }
 
     fn skip_ws(&mut self) {
@@ -69,7 +72,10 @@ impl<'a> Scanner<'a> {
             Ok(())
         } else {
             match self.peek() {
-                Some(c) => self.err(format!("expected '{}' but found '{}'", b as char, c as char)),
+                Some(c) => self.err(format!(
+                    "expected '{}' but found '{}'",
+                    b as char, c as char
+                )),
                 None => self.err(format!("expected '{}' but the input ended", b as char)),
             }
         }
@@ -217,8 +223,12 @@ impl<'a> Scanner<'a> {
                         self.i += 1;
                         stack.pop();
                     }
-                    (Some(c), true) => return self.err(format!("expected ',' or '}}' but found '{}'", c as char)),
-                    (Some(c), false) => return self.err(format!("expected ',' or ']' but found '{}'", c as char)),
+                    (Some(c), true) => {
+                        return self.err(format!("expected ',' or '}}' but found '{}'", c as char));
+                    }
+                    (Some(c), false) => {
+                        return self.err(format!("expected ',' or ']' but found '{}'", c as char));
+                    }
                     (None, _) => return self.err("unexpected end of input inside a value"),
                 }
             }
@@ -271,7 +281,11 @@ pub fn split_data_array(body: &[u8]) -> Result<Vec<ElementSpan>, SyntaxError> {
                         sc.skip_ws();
                         let start = sc.i;
                         let depth = sc.value()?;
-                        elems.push(ElementSpan { start, end: sc.i, depth });
+                        elems.push(ElementSpan {
+                            start,
+                            end: sc.i,
+                            depth,
+                        });
                         sc.skip_ws();
                         match sc.peek() {
                             Some(b',') => sc.i += 1,
@@ -302,7 +316,10 @@ pub fn split_data_array(body: &[u8]) -> Result<Vec<ElementSpan>, SyntaxError> {
     if sc.i != body.len() {
         return sc.err("trailing characters after the JSON body");
     }
-    found.ok_or(SyntaxError { offset: 0, message: "the body has no \"data\" array".into() })
+    found.ok_or(SyntaxError {
+        offset: 0,
+        message: "the body has no \"data\" array".into(),
+    })
 }
 
 /// Validates one JSON value and returns its nesting depth (used for stream records).
@@ -324,9 +341,15 @@ mod tests {
     fn splits_elements_with_depth() {
         let body = br#"{"data": [{"a":1}, 5, {"b":[{"c":"x]}"}]}], "x": null}"#;
         let spans = split_data_array(body).unwrap();
-        let texts: Vec<_> = spans.iter().map(|s| std::str::from_utf8(&body[s.start..s.end]).unwrap()).collect();
+        let texts: Vec<_> = spans
+            .iter()
+            .map(|s| std::str::from_utf8(&body[s.start..s.end]).unwrap())
+            .collect();
         assert_eq!(texts, vec![r#"{"a":1}"#, "5", r#"{"b":[{"c":"x]}"}]}"#]);
-        assert_eq!(spans.iter().map(|s| s.depth).collect::<Vec<_>>(), vec![1, 0, 3]);
+        assert_eq!(
+            spans.iter().map(|s| s.depth).collect::<Vec<_>>(),
+            vec![1, 0, 3]
+        );
     }
 
     #[test]
@@ -353,13 +376,30 @@ mod tests {
 
     #[test]
     fn agrees_with_serde_on_validity() {
-        for ok in [r#"{"a":"\u00e9\n","b":-0.5e+3,"c":[true,false,null]}"#, "[]", "0", "\"x\""] {
+        for ok in [
+            r#"{"a":"\u00e9\n","b":-0.5e+3,"c":[true,false,null]}"#,
+            "[]",
+            "0",
+            "\"x\"",
+        ] {
             assert!(value_depth(ok.as_bytes()).is_ok(), "{ok}");
             assert!(serde_json::from_str::<serde_json::Value>(ok).is_ok());
         }
-        for bad in ["01", "[1,]", "{\"a\" 1}", "tru", "\"\\x\"", "1.", "-", "{,}"] {
+        for bad in [
+            "01",
+            "[1,]",
+            "{\"a\" 1}",
+            "tru",
+            "\"\\x\"",
+            "1.",
+            "-",
+            "{,}",
+        ] {
             assert!(value_depth(bad.as_bytes()).is_err(), "{bad}");
-            assert!(serde_json::from_str::<serde_json::Value>(bad).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(bad).is_err(),
+                "{bad}"
+            );
         }
     }
 }

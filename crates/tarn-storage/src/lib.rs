@@ -18,5 +18,7 @@ pub mod types;
 pub mod wal;
 
 pub use catalog::{CollectionInfo, DEFAULT_WORKSPACE, Storage, WorkspaceInfo};
-pub use collection::{Collection, CollectionOptions, CollectionStats, DocStatus, SealPolicy, SegmentEntry, Snapshot};
+pub use collection::{
+    Collection, CollectionOptions, CollectionStats, DocStatus, SealPolicy, SegmentEntry, Snapshot,
+};
 pub use document::{Document, EventTimeInfo, IngestContext};

@@ -16,11 +16,25 @@ use crate::types::{EVENT_TIME, NULLS};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ColumnStats {
-    Int { min: i64, max: i64, nulls: u64 },
-    Float { min: f64, max: f64, nulls: u64 },
+    Int {
+        min: i64,
+        max: i64,
+        nulls: u64,
+    },
+    Float {
+        min: f64,
+        max: f64,
+        nulls: u64,
+    },
     /// For strings: the text range, and the integer range when every value parses as an
     /// integer (as Twitter's `timestamp_ms` does), so `CAST(x AS INT) > n` can prune.
-    Str { min: String, max: String, int_min: Option<i64>, int_max: Option<i64>, nulls: u64 },
+    Str {
+        min: String,
+        max: String,
+        int_min: Option<i64>,
+        int_max: Option<i64>,
+        nulls: u64,
+    },
 }
 
 /// Statistics of a segment.
@@ -38,7 +52,11 @@ pub struct SegmentStats {
 impl SegmentStats {
     /// Computes the statistics of a batch.
     pub fn compute(batch: &RecordBatch) -> SegmentStats {
-        let mut stats = SegmentStats { rows: batch.num_rows() as u64, bytes: batch.get_array_memory_size() as u64, ..Default::default() };
+        let mut stats = SegmentStats {
+            rows: batch.num_rows() as u64,
+            bytes: batch.get_array_memory_size() as u64,
+            ..Default::default()
+        };
         if let Some(et) = batch.column_by_name(EVENT_TIME) {
             let et = et.as_primitive::<TimestampMicrosecondType>();
             stats.min_event_time = arrow::compute::min(et).unwrap_or(i64::MAX);
@@ -73,12 +91,19 @@ fn collect_column_stats(path: &str, col: &ArrayRef, out: &mut BTreeMap<String, C
         }
         DataType::Utf8 => {
             let a = col.as_string::<i32>();
-            let (Some(min), Some(max)) = (arrow::compute::min_string(a), arrow::compute::max_string(a)) else { return };
+            let (Some(min), Some(max)) =
+                (arrow::compute::min_string(a), arrow::compute::max_string(a))
+            else {
+                return;
+            };
             let mut int_range: Option<(i64, i64)> = None;
             let mut all_int = true;
             for v in a.iter().flatten() {
                 match v.parse::<i64>() {
-                    Ok(n) => int_range = Some(int_range.map_or((n, n), |(lo, hi)| (lo.min(n), hi.max(n)))),
+                    Ok(n) => {
+                        int_range =
+                            Some(int_range.map_or((n, n), |(lo, hi)| (lo.min(n), hi.max(n))))
+                    }
                     Err(_) => {
                         all_int = false;
                         break;
@@ -89,7 +114,16 @@ fn collect_column_stats(path: &str, col: &ArrayRef, out: &mut BTreeMap<String, C
                 Some((lo, hi)) => (Some(lo), Some(hi)),
                 None => (None, None),
             };
-            out.insert(path.to_owned(), ColumnStats::Str { min: min.to_owned(), max: max.to_owned(), int_min, int_max, nulls });
+            out.insert(
+                path.to_owned(),
+                ColumnStats::Str {
+                    min: min.to_owned(),
+                    max: max.to_owned(),
+                    int_min,
+                    int_max,
+                    nulls,
+                },
+            );
         }
         DataType::Struct(fields) if !crate::types::is_variant(col.data_type()) => {
             let s = col.as_struct();
@@ -111,7 +145,9 @@ pub struct DeleteBitmap {
 
 impl DeleteBitmap {
     pub fn contains(&self, row: usize) -> bool {
-        self.words.get(row / 64).is_some_and(|w| w & (1 << (row % 64)) != 0)
+        self.words
+            .get(row / 64)
+            .is_some_and(|w| w & (1 << (row % 64)) != 0)
     }
     /// Marks a row deleted; returns whether it was live.
     pub fn insert(&mut self, row: usize) -> bool {
@@ -138,7 +174,10 @@ impl DeleteBitmap {
         self.words.iter().flat_map(|w| w.to_le_bytes()).collect()
     }
     pub fn from_bytes(b: &[u8]) -> DeleteBitmap {
-        let words: Vec<u64> = b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        let words: Vec<u64> = b
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         let count = words.iter().map(|w| w.count_ones() as usize).sum();
         DeleteBitmap { words, count }
     }
@@ -163,7 +202,8 @@ impl Segment {
 pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, TarnError> {
     let mut buf = Vec::with_capacity(batch.get_array_memory_size());
     {
-        let mut w = arrow::ipc::writer::FileWriter::try_new(&mut buf, batch.schema_ref()).map_err(arrow_error)?;
+        let mut w = arrow::ipc::writer::FileWriter::try_new(&mut buf, batch.schema_ref())
+            .map_err(arrow_error)?;
         w.write(batch).map_err(arrow_error)?;
         w.finish().map_err(arrow_error)?;
     }
@@ -172,7 +212,8 @@ pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, TarnError> {
 
 /// Decodes an Arrow IPC file written by [`encode_ipc`].
 pub fn decode_ipc(bytes: bytes::Bytes) -> Result<RecordBatch, TarnError> {
-    let reader = arrow::ipc::reader::FileReader::try_new(Cursor::new(bytes), None).map_err(arrow_error)?;
+    let reader =
+        arrow::ipc::reader::FileReader::try_new(Cursor::new(bytes), None).map_err(arrow_error)?;
     let schema = reader.schema();
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(arrow_error)?;
     arrow::compute::concat_batches(&schema, &batches).map_err(arrow_error)
@@ -187,16 +228,38 @@ mod tests {
 
     #[test]
     fn stats_cover_nested_and_numeric_strings() {
-        let docs: Vec<Document> = [json!({"t": "1607000000000", "u": {"f": 5}, "x": 1.5}), json!({"t": "1607000000999", "u": {"f": -2}})]
-            .iter()
-            .enumerate()
-            .map(|(i, b)| Document { id: i.to_string(), event_time: i as i64 * 10, meta: Value::Null, body: b.as_object().unwrap().clone() })
-            .collect();
+        let docs: Vec<Document> = [
+            json!({"t": "1607000000000", "u": {"f": 5}, "x": 1.5}),
+            json!({"t": "1607000000999", "u": {"f": -2}}),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Document {
+            id: i.to_string(),
+            event_time: i as i64 * 10,
+            meta: Value::Null,
+            body: b.as_object().unwrap().clone(),
+        })
+        .collect();
         let batch = documents_to_batch(&docs);
         let s = SegmentStats::compute(&batch);
         assert_eq!((s.rows, s.min_event_time, s.max_event_time), (2, 0, 10));
-        assert_eq!(s.columns["u.f"], ColumnStats::Int { min: -2, max: 5, nulls: 0 });
-        assert!(matches!(&s.columns["t"], ColumnStats::Str { int_min: Some(1607000000000), int_max: Some(1607000000999), .. }));
+        assert_eq!(
+            s.columns["u.f"],
+            ColumnStats::Int {
+                min: -2,
+                max: 5,
+                nulls: 0
+            }
+        );
+        assert!(matches!(
+            &s.columns["t"],
+            ColumnStats::Str {
+                int_min: Some(1607000000000),
+                int_max: Some(1607000000999),
+                ..
+            }
+        ));
         let round = decode_ipc(encode_ipc(&batch).unwrap().into()).unwrap();
         assert_eq!(round, batch);
     }

@@ -4,9 +4,9 @@ use std::collections::HashSet;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{
-    DataType, Date32Type, Date64Type, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
-    Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
-    TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    DataType, Date32Type, Date64Type, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type,
+    Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use serde_json::{Map, Number, Value};
 use tarn_common::time::format_micros;
@@ -19,7 +19,8 @@ pub type NullPaths = HashSet<String>;
 
 /// Parses a row's `__tarn_nulls` text.
 pub fn parse_null_paths(text: Option<&str>) -> Option<NullPaths> {
-    text.and_then(|t| serde_json::from_str::<Vec<String>>(t).ok()).map(|v| v.into_iter().collect())
+    text.and_then(|t| serde_json::from_str::<Vec<String>>(t).ok())
+        .map(|v| v.into_iter().collect())
 }
 
 /// Converts every row of a batch to a JSON object. When the batch has the hidden nulls column
@@ -27,11 +28,16 @@ pub fn parse_null_paths(text: Option<&str>) -> Option<NullPaths> {
 /// documents as they were written; otherwise every column appears, null when it has no value.
 pub fn batch_to_json_rows(batch: &RecordBatch) -> Vec<Map<String, Value>> {
     let schema = batch.schema();
-    let nulls_col = schema.index_of(NULLS).ok().map(|i| batch.column(i).as_string::<i32>().clone());
+    let nulls_col = schema
+        .index_of(NULLS)
+        .ok()
+        .map(|i| batch.column(i).as_string::<i32>().clone());
     let mut rows = Vec::with_capacity(batch.num_rows());
     let mut path = String::new();
     for row in 0..batch.num_rows() {
-        let null_paths = nulls_col.as_ref().map(|c| parse_null_paths(c.is_valid(row).then(|| c.value(row))).unwrap_or_default());
+        let null_paths = nulls_col
+            .as_ref()
+            .map(|c| parse_null_paths(c.is_valid(row).then(|| c.value(row))).unwrap_or_default());
         let mut obj = Map::with_capacity(schema.fields().len());
         for (field, col) in schema.fields().iter().zip(batch.columns()) {
             if field.name() == NULLS {
@@ -59,7 +65,12 @@ pub fn batch_to_json_rows(batch: &RecordBatch) -> Vec<Map<String, Value>> {
 
 /// The JSON value at `row`, or None when it is null. `path` is the JSON pointer of the value
 /// inside its document, used to restore explicit nulls in nested objects.
-pub fn value_at(arr: &ArrayRef, row: usize, path: &mut String, nulls: Option<&NullPaths>) -> Option<Value> {
+pub fn value_at(
+    arr: &ArrayRef,
+    row: usize,
+    path: &mut String,
+    nulls: Option<&NullPaths>,
+) -> Option<Value> {
     if arr.is_null(row) {
         return None;
     }
@@ -82,14 +93,24 @@ pub fn value_at(arr: &ArrayRef, row: usize, path: &mut String, nulls: Option<&Nu
         DataType::Utf8View => Value::String(arr.as_string_view().value(row).to_owned()),
         DataType::Timestamp(unit, _) => {
             let us = match unit {
-                TimeUnit::Second => arr.as_primitive::<TimestampSecondType>().value(row).saturating_mul(1_000_000),
-                TimeUnit::Millisecond => arr.as_primitive::<TimestampMillisecondType>().value(row).saturating_mul(1_000),
+                TimeUnit::Second => arr
+                    .as_primitive::<TimestampSecondType>()
+                    .value(row)
+                    .saturating_mul(1_000_000),
+                TimeUnit::Millisecond => arr
+                    .as_primitive::<TimestampMillisecondType>()
+                    .value(row)
+                    .saturating_mul(1_000),
                 TimeUnit::Microsecond => arr.as_primitive::<TimestampMicrosecondType>().value(row),
-                TimeUnit::Nanosecond => arr.as_primitive::<TimestampNanosecondType>().value(row) / 1_000,
+                TimeUnit::Nanosecond => {
+                    arr.as_primitive::<TimestampNanosecondType>().value(row) / 1_000
+                }
             };
             Value::String(format_micros(us))
         }
-        DataType::Date32 => date_value(arr.as_primitive::<Date32Type>().value(row) as i64 * 86_400_000),
+        DataType::Date32 => {
+            date_value(arr.as_primitive::<Date32Type>().value(row) as i64 * 86_400_000)
+        }
         DataType::Date64 => date_value(arr.as_primitive::<Date64Type>().value(row)),
         dt if types::is_variant(dt) => {
             let text = arr.as_struct().column(0).as_string::<i32>().value(row);
@@ -139,7 +160,10 @@ pub fn value_at(arr: &ArrayRef, row: usize, path: &mut String, nulls: Option<&Nu
                     Some(other) => other.to_string(),
                     None => continue,
                 };
-                obj.insert(key, value_at(m.values(), i, path, None).unwrap_or(Value::Null));
+                obj.insert(
+                    key,
+                    value_at(m.values(), i, path, None).unwrap_or(Value::Null),
+                );
             }
             Value::Object(obj)
         }
@@ -153,7 +177,14 @@ pub fn value_at(arr: &ArrayRef, row: usize, path: &mut String, nulls: Option<&Nu
                 let text = s.as_string::<i32>().value(0);
                 // Decimals are numbers; intervals and the like stay text.
                 match text.parse::<Number>() {
-                    Ok(n) if matches!(arr.data_type(), DataType::Decimal128(..) | DataType::Decimal256(..)) => Value::Number(n),
+                    Ok(n)
+                        if matches!(
+                            arr.data_type(),
+                            DataType::Decimal128(..) | DataType::Decimal256(..)
+                        ) =>
+                    {
+                        Value::Number(n)
+                    }
                     _ => Value::String(text.to_owned()),
                 }
             }
@@ -163,7 +194,12 @@ pub fn value_at(arr: &ArrayRef, row: usize, path: &mut String, nulls: Option<&Nu
     Some(v)
 }
 
-fn list_values(values: &ArrayRef, range: std::ops::Range<usize>, path: &mut String, nulls: Option<&NullPaths>) -> Value {
+fn list_values(
+    values: &ArrayRef,
+    range: std::ops::Range<usize>,
+    path: &mut String,
+    nulls: Option<&NullPaths>,
+) -> Value {
     let start = range.start;
     let mut out = Vec::with_capacity(range.len());
     for i in range {
@@ -177,7 +213,9 @@ fn list_values(values: &ArrayRef, range: std::ops::Range<usize>, path: &mut Stri
 }
 
 fn float(f: f64) -> Value {
-    Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)
+    Number::from_f64(f)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 fn date_value(ms: i64) -> Value {
@@ -204,7 +242,12 @@ mod tests {
         let docs: Vec<Document> = bodies
             .iter()
             .enumerate()
-            .map(|(i, b)| Document { id: i.to_string(), event_time: 0, meta: Value::Null, body: b.as_object().unwrap().clone() })
+            .map(|(i, b)| Document {
+                id: i.to_string(),
+                event_time: 0,
+                meta: Value::Null,
+                body: b.as_object().unwrap().clone(),
+            })
             .collect();
         let batch = documents_to_batch(&docs);
         let rows = batch_to_json_rows(&batch);

@@ -27,13 +27,19 @@ pub fn event_time_type() -> DataType {
 
 /// The variant type: a struct with one `$json` string child holding the value's JSON text.
 pub fn variant_type() -> DataType {
-    DataType::Struct(Fields::from(vec![Field::new(VARIANT_FIELD, DataType::Utf8, true)]))
+    DataType::Struct(Fields::from(vec![Field::new(
+        VARIANT_FIELD,
+        DataType::Utf8,
+        true,
+    )]))
 }
 
 /// Whether a type is the variant type.
 pub fn is_variant(dt: &DataType) -> bool {
     match dt {
-        DataType::Struct(f) => f.len() == 1 && f[0].name() == VARIANT_FIELD && f[0].data_type() == &DataType::Utf8,
+        DataType::Struct(f) => {
+            f.len() == 1 && f[0].name() == VARIANT_FIELD && f[0].data_type() == &DataType::Utf8
+        }
         _ => false,
     }
 }
@@ -73,7 +79,11 @@ pub fn infer(v: &serde_json::Value) -> DataType {
 
 /// The struct type of a JSON object.
 pub fn infer_object(map: &serde_json::Map<String, serde_json::Value>) -> DataType {
-    DataType::Struct(map.iter().map(|(k, v)| Arc::new(Field::new(k, infer(v), true))).collect())
+    DataType::Struct(
+        map.iter()
+            .map(|(k, v)| Arc::new(Field::new(k, infer(v), true)))
+            .collect(),
+    )
 }
 
 /// A nullable list of `elem`.
@@ -98,7 +108,11 @@ pub fn merge_fields(a: &Fields, b: &Fields) -> Fields {
     let mut out: Vec<Field> = Vec::with_capacity(a.len().max(b.len()));
     for fa in a.iter() {
         match b.find(fa.name()) {
-            Some((_, fb)) => out.push(Field::new(fa.name(), merge(fa.data_type(), fb.data_type()), true)),
+            Some((_, fb)) => out.push(Field::new(
+                fa.name(),
+                merge(fa.data_type(), fb.data_type()),
+                true,
+            )),
             None => out.push(fa.as_ref().clone()),
         }
     }
@@ -112,7 +126,10 @@ pub fn merge_fields(a: &Fields, b: &Fields) -> Fields {
 
 /// Merges two collection schemas; special columns keep their place first and last.
 pub fn merge_schemas(a: &Schema, b: &Schema) -> SchemaRef {
-    Arc::new(Schema::new(order_columns(merge_fields(a.fields(), b.fields()))))
+    Arc::new(Schema::new(order_columns(merge_fields(
+        a.fields(),
+        b.fields(),
+    ))))
 }
 
 /// Orders columns: `_id`, `_event_time`, `_meta`, the document's fields, then the hidden nulls.
@@ -149,13 +166,19 @@ pub fn rockset_type_name(dt: &DataType) -> &'static str {
         DataType::Float16 | DataType::Float32 | DataType::Float64 => "float",
         DataType::Decimal128(..) | DataType::Decimal256(..) => "float",
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string",
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => "bytes",
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => "bytes",
         DataType::Timestamp(..) => "timestamp",
         DataType::Date32 | DataType::Date64 => "date",
         DataType::Time32(_) | DataType::Time64(_) => "time",
         DataType::Interval(arrow::datatypes::IntervalUnit::YearMonth) => "month_interval",
         DataType::Interval(_) | DataType::Duration(_) => "microsecond_interval",
-        DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..) | DataType::ListView(_) => "array",
+        DataType::List(_)
+        | DataType::LargeList(_)
+        | DataType::FixedSizeList(..)
+        | DataType::ListView(_) => "array",
         dt if is_variant(dt) => "variant",
         DataType::Struct(_) | DataType::Map(..) => "object",
         DataType::Dictionary(_, v) => rockset_type_name(v),
@@ -185,10 +208,15 @@ mod tests {
         assert_eq!(merge(&DataType::Null, &DataType::Utf8), DataType::Utf8);
         let a = infer(&json!({"x": 1}));
         let b = infer(&json!({"y": "s", "x": null}));
-        let DataType::Struct(f) = merge(&a, &b) else { panic!() };
+        let DataType::Struct(f) = merge(&a, &b) else {
+            panic!()
+        };
         assert_eq!(f.len(), 2);
         assert_eq!(f[0].data_type(), &DataType::Int64);
         assert!(is_variant(&merge(&a, &DataType::Utf8)));
-        assert!(is_variant(&merge(&list_of(DataType::Int64), &DataType::Int64)));
+        assert!(is_variant(&merge(
+            &list_of(DataType::Int64),
+            &DataType::Int64
+        )));
     }
 }

@@ -32,7 +32,10 @@ pub struct LoggedDoc {
 pub enum WalRecord {
     /// Documents to add or replace, and the source positions they were read up to, logged
     /// together so that a source never re-reads or skips what was stored.
-    Insert { docs: Vec<LoggedDoc>, checkpoints: Vec<(String, String)> },
+    Insert {
+        docs: Vec<LoggedDoc>,
+        checkpoints: Vec<(String, String)>,
+    },
     /// Documents to delete by `_id`.
     Delete { ids: Vec<String> },
 }
@@ -91,7 +94,12 @@ impl WalRecord {
                     let event_time = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
                     let meta = r.bytes()?.to_vec();
                     let json = r.bytes()?.to_vec();
-                    docs.push(LoggedDoc { id, event_time, meta, json });
+                    docs.push(LoggedDoc {
+                        id,
+                        event_time,
+                        meta,
+                        json,
+                    });
                 }
                 let n = r.u32()? as usize;
                 let mut checkpoints = Vec::with_capacity(n.min(1 << 10));
@@ -129,7 +137,8 @@ impl<'a> Reader<'a> {
         self.take(1).map(|b| b[0])
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
     }
     fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = self.u32()? as usize;
@@ -176,7 +185,11 @@ impl WalWriter {
     pub fn open(dir: &Path, generation: u64) -> Result<WalWriter, TarnError> {
         std::fs::create_dir_all(dir)?;
         let path = generation_path(dir, generation);
-        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
         let mut len = file.metadata()?.len();
         if len == 0 {
             file.write_all(MAGIC)?;
@@ -184,7 +197,11 @@ impl WalWriter {
             sync_dir(dir)?;
             len = MAGIC.len() as u64;
         }
-        Ok(WalWriter { file, generation, bytes: len })
+        Ok(WalWriter {
+            file,
+            generation,
+            bytes: len,
+        })
     }
 
     /// Writes already framed records and makes them durable before returning.
@@ -216,7 +233,10 @@ pub fn read_generation(path: &Path) -> Result<Vec<WalRecord>, TarnError> {
         return Ok(Vec::new());
     }
     if &data[..8] != MAGIC {
-        return Err(TarnError::internal(format!("{} is not a tarn log file", path.display())));
+        return Err(TarnError::internal(format!(
+            "{} is not a tarn log file",
+            path.display()
+        )));
     }
     let mut records = Vec::new();
     let mut i = MAGIC.len();
@@ -258,7 +278,12 @@ mod tests {
 
     fn insert(id: &str) -> WalRecord {
         WalRecord::Insert {
-            docs: vec![LoggedDoc { id: id.into(), event_time: -5, meta: b"{}".to_vec(), json: b"{\"a\":1}".to_vec() }],
+            docs: vec![LoggedDoc {
+                id: id.into(),
+                event_time: -5,
+                meta: b"{}".to_vec(),
+                json: b"{\"a\":1}".to_vec(),
+            }],
             checkpoints: vec![("shard-1".into(), "42".into())],
         }
     }
@@ -269,7 +294,10 @@ mod tests {
         let mut w = WalWriter::open(dir.path(), 7).unwrap();
         let mut buf = Vec::new();
         insert("a").encode_into(&mut buf);
-        WalRecord::Delete { ids: vec!["a".into(), "é".into()] }.encode_into(&mut buf);
+        WalRecord::Delete {
+            ids: vec!["a".into(), "é".into()],
+        }
+        .encode_into(&mut buf);
         w.append_durable(&buf).unwrap();
         let mut torn = Vec::new();
         insert("b").encode_into(&mut torn);
@@ -277,7 +305,15 @@ mod tests {
         drop(w);
         let path = generation_path(dir.path(), 7);
         let recs = read_generation(&path).unwrap();
-        assert_eq!(recs, vec![insert("a"), WalRecord::Delete { ids: vec!["a".into(), "é".into()] }]);
+        assert_eq!(
+            recs,
+            vec![
+                insert("a"),
+                WalRecord::Delete {
+                    ids: vec!["a".into(), "é".into()]
+                }
+            ]
+        );
         // The torn tail is gone, so appending again yields a clean log.
         let mut w = WalWriter::open(dir.path(), 7).unwrap();
         w.append_durable(&torn).unwrap();

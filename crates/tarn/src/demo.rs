@@ -48,18 +48,33 @@ fn produce(storage: Arc<Storage>, rate: u64) -> anyhow::Result<()> {
                 }),
                 retention_secs: Some(3_600),
             };
-            storage.create_collection(DEFAULT_WORKSPACE, DEMO_COLLECTION, "tweets from the built-in producer", options, Default::default())?.1
+            storage
+                .create_collection(
+                    DEFAULT_WORKSPACE,
+                    DEMO_COLLECTION,
+                    "tweets from the built-in producer",
+                    options,
+                    Default::default(),
+                )?
+                .1
         }
     };
     let info = collection.options().event_time_info.clone();
     let meta = json!({"source": "demo-producer"});
-    let mut generator = TweetGenerator::new(rand::random(), vec!["music".into(), "facebook".into(), "apple".into()]);
+    let mut generator = TweetGenerator::new(
+        rand::random(),
+        vec!["music".into(), "facebook".into(), "apple".into()],
+    );
     let tick = Duration::from_millis(100);
     let per_tick = (rate / 10).max(1) as usize;
     let mut next = Instant::now();
     loop {
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let ctx = IngestContext { event_time_info: info.as_ref(), now_micros: now_ms * 1000, meta: &meta };
+        let ctx = IngestContext {
+            event_time_info: info.as_ref(),
+            now_micros: now_ms * 1000,
+            meta: &meta,
+        };
         let mut docs = Vec::with_capacity(per_tick);
         for _ in 0..per_tick {
             let tweet = generator.tweet(now_ms);

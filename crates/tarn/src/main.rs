@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use tarn_storage::{SealPolicy, Storage};
 
 #[derive(Parser)]
-#[command(name = "tarn", version, about = "A real-time analytics database with Rockset's API")]
+#[command(
+    name = "tarn",
+    version,
+    about = "A real-time analytics database with Rockset's API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,17 +57,25 @@ pub struct DemoArgs {
 
 impl ServeArgs {
     fn policy(&self) -> SealPolicy {
-        SealPolicy { max_rows: self.seal_rows, max_age: std::time::Duration::from_secs(self.seal_secs), ..SealPolicy::default() }
+        SealPolicy {
+            max_rows: self.seal_rows,
+            max_age: std::time::Duration::from_secs(self.seal_secs),
+            ..SealPolicy::default()
+        }
     }
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(args, None)),
         Command::Demo(args) => rt.block_on(demo::run(args)),
@@ -72,13 +84,18 @@ fn main() -> anyhow::Result<()> {
 
 /// Opens the data directory, serves until SIGINT or SIGTERM, then stops cleanly.
 /// `on_ready` runs once the server accepts requests.
-pub async fn serve(args: ServeArgs, on_ready: Option<Box<dyn FnOnce(Arc<Storage>, SocketAddr) + Send>>) -> anyhow::Result<()> {
+pub async fn serve(
+    args: ServeArgs,
+    on_ready: Option<Box<dyn FnOnce(Arc<Storage>, SocketAddr) + Send>>,
+) -> anyhow::Result<()> {
     let policy = args.policy();
     let data_dir = args.data_dir.clone();
     let storage = tokio::task::spawn_blocking(move || Storage::open(&data_dir, policy))
         .await?
         .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("binding {}", args.http))?;
+    let listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding {}", args.http))?;
     let addr = listener.local_addr()?;
     tracing::info!(data_dir = %storage.dir().display(), "tarn listening on http://{addr}");
     // A machine-readable line for scripts and tests that start tarn on port 0.

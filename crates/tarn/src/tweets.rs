@@ -5,19 +5,119 @@ use rand::rngs::StdRng;
 use serde_json::{Value, json};
 
 const WORDS: &[&str] = &[
-    "the", "new", "song", "album", "today", "live", "love", "this", "great", "show", "tonight", "phone", "update", "check",
-    "out", "my", "video", "best", "ever", "release", "tour", "concert", "app", "watch", "news", "big", "day", "with",
-    "friends", "just", "got", "playlist", "listening", "amazing", "stream", "launch", "store", "event", "week", "free",
+    "the",
+    "new",
+    "song",
+    "album",
+    "today",
+    "live",
+    "love",
+    "this",
+    "great",
+    "show",
+    "tonight",
+    "phone",
+    "update",
+    "check",
+    "out",
+    "my",
+    "video",
+    "best",
+    "ever",
+    "release",
+    "tour",
+    "concert",
+    "app",
+    "watch",
+    "news",
+    "big",
+    "day",
+    "with",
+    "friends",
+    "just",
+    "got",
+    "playlist",
+    "listening",
+    "amazing",
+    "stream",
+    "launch",
+    "store",
+    "event",
+    "week",
+    "free",
 ];
 const TAGS: &[&str] = &[
-    "music", "nowplaying", "apple", "facebook", "iphone", "spotify", "hiphop", "pop", "rock", "jazz", "kpop", "news",
-    "tech", "android", "ios", "mac", "ipad", "instagram", "love", "art", "photography", "travel", "food", "fashion",
-    "fitness", "sports", "football", "nba", "gaming", "crypto", "bitcoin", "ai", "startup", "marketing", "design",
-    "covid19", "vote", "netflix", "movies", "tv", "books", "health", "nature", "weekend", "monday", "friday", "sale",
-    "giveaway", "edm", "country", "rnb", "indie", "metal", "classical", "dj", "remix", "newmusic", "soundcloud",
+    "music",
+    "nowplaying",
+    "apple",
+    "facebook",
+    "iphone",
+    "spotify",
+    "hiphop",
+    "pop",
+    "rock",
+    "jazz",
+    "kpop",
+    "news",
+    "tech",
+    "android",
+    "ios",
+    "mac",
+    "ipad",
+    "instagram",
+    "love",
+    "art",
+    "photography",
+    "travel",
+    "food",
+    "fashion",
+    "fitness",
+    "sports",
+    "football",
+    "nba",
+    "gaming",
+    "crypto",
+    "bitcoin",
+    "ai",
+    "startup",
+    "marketing",
+    "design",
+    "covid19",
+    "vote",
+    "netflix",
+    "movies",
+    "tv",
+    "books",
+    "health",
+    "nature",
+    "weekend",
+    "monday",
+    "friday",
+    "sale",
+    "giveaway",
+    "edm",
+    "country",
+    "rnb",
+    "indie",
+    "metal",
+    "classical",
+    "dj",
+    "remix",
+    "newmusic",
+    "soundcloud",
 ];
 const LANGS: &[&str] = &["en", "en", "en", "en", "es", "pt", "ja", "fr", "de", "und"];
-const PLACES: &[&str] = &["Los Angeles, CA", "London", "New York", "Tokyo", "São Paulo", "Berlin", "", "Lagos", "Mumbai"];
+const PLACES: &[&str] = &[
+    "Los Angeles, CA",
+    "London",
+    "New York",
+    "Tokyo",
+    "São Paulo",
+    "Berlin",
+    "",
+    "Lagos",
+    "Mumbai",
+];
 
 /// Makes tweets. Hashtag popularity follows a Zipf law over a vocabulary; tracked terms are
 /// made common, as `statuses/filter?track=` would.
@@ -35,7 +135,9 @@ impl TweetGenerator {
         for i in 0..940 {
             vocabulary.push(format!("{}{}", TAGS[i % TAGS.len()], i / TAGS.len() + 2));
         }
-        let weights: Vec<f64> = (1..=vocabulary.len()).map(|k| 1.0 / (k as f64).powf(1.1)).collect();
+        let weights: Vec<f64> = (1..=vocabulary.len())
+            .map(|k| 1.0 / (k as f64).powf(1.1))
+            .collect();
         let total: f64 = weights.iter().sum();
         let mut acc = 0.0;
         let zipf_cdf = weights
@@ -46,7 +148,13 @@ impl TweetGenerator {
             })
             .collect();
         let rng: StdRng = rand::SeedableRng::seed_from_u64(seed);
-        TweetGenerator { rng, vocabulary, zipf_cdf, track, next_id: 1_335_000_000_000_000_000 + (seed as i64 % 1_000_000) * 1_000_000 }
+        TweetGenerator {
+            rng,
+            vocabulary,
+            zipf_cdf,
+            track,
+            next_id: 1_335_000_000_000_000_000 + (seed as i64 % 1_000_000) * 1_000_000,
+        }
     }
 
     fn hashtag(&mut self) -> String {
@@ -54,17 +162,28 @@ impl TweetGenerator {
             return self.track[self.rng.random_range(0..self.track.len())].clone();
         }
         let x: f64 = self.rng.random();
-        let i = self.zipf_cdf.partition_point(|c| *c < x).min(self.vocabulary.len() - 1);
+        let i = self
+            .zipf_cdf
+            .partition_point(|c| *c < x)
+            .min(self.vocabulary.len() - 1);
         self.vocabulary[i].clone()
     }
 
     fn words(&mut self, n: usize) -> String {
-        (0..n).map(|_| WORDS[self.rng.random_range(0..WORDS.len())]).collect::<Vec<_>>().join(" ")
+        (0..n)
+            .map(|_| WORDS[self.rng.random_range(0..WORDS.len())])
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     fn user(&mut self) -> Value {
         let uid: i64 = self.rng.random_range(10_000..2_000_000_000);
-        let screen = format!("{}_{}{}", WORDS[(uid % 40) as usize], TAGS[(uid % 58) as usize], uid % 1000);
+        let screen = format!(
+            "{}_{}{}",
+            WORDS[(uid % 40) as usize],
+            TAGS[(uid % 58) as usize],
+            uid % 1000
+        );
         let followers = (10f64.powf(self.rng.random_range(0.0..7.0))) as i64;
         json!({
             "id": uid, "id_str": uid.to_string(), "name": format!("User {uid}"), "screen_name": screen,
@@ -115,16 +234,29 @@ impl TweetGenerator {
         let id = self.next_id;
         let ntags = [0, 0, 1, 1, 1, 2, 2, 3][self.rng.random_range(0..8)];
         let tags: Vec<String> = (0..ntags).map(|_| self.hashtag()).collect();
-        let mut text = self.words(self.rng.random_range(5..14));
-        if let Some(t) = self.track.first().cloned().filter(|_| self.rng.random_bool(0.5)) {
+        let n = self.rng.random_range(5..14);
+        let mut text = self.words(n);
+        if let Some(t) = self
+            .track
+            .first()
+            .cloned()
+            .filter(|_| self.rng.random_bool(0.5))
+        {
             text = format!("{text} {t}");
         }
         for t in &tags {
             text.push_str(&format!(" #{t}"));
         }
         let long = self.rng.random_bool(0.35);
-        let full_text = if long { format!("{text} {}", self.words(25)) } else { text.clone() };
-        let created = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default().format("%a %b %d %H:%M:%S +0000 %Y").to_string();
+        let full_text = if long {
+            format!("{text} {}", self.words(25))
+        } else {
+            text.clone()
+        };
+        let created = chrono::DateTime::from_timestamp_millis(now_ms)
+            .unwrap_or_default()
+            .format("%a %b %d %H:%M:%S +0000 %Y")
+            .to_string();
         let entities = self.entities(&tags, &text);
         let mut tweet = json!({
             "created_at": created, "id": id, "id_str": id.to_string(),
@@ -143,7 +275,8 @@ impl TweetGenerator {
             tweet["extended_tweet"] = json!({"full_text": full_text, "display_text_range": [0, full_text.chars().count()], "entities": ext_entities});
         }
         if depth == 0 && self.rng.random_bool(0.25) {
-            let inner = self.status(now_ms - self.rng.random_range(0..86_400_000), 1);
+            let age = self.rng.random_range(0..86_400_000);
+            let inner = self.status(now_ms - age, 1);
             if self.rng.random_bool(0.7) {
                 tweet["retweeted_status"] = inner;
             } else {
@@ -177,11 +310,30 @@ mod tests {
         let avg = sizes.iter().sum::<usize>() / sizes.len();
         assert!((2500..=5500).contains(&avg), "average size {avg}");
         let t = &tweets[0];
-        for k in ["created_at", "id", "id_str", "text", "truncated", "user", "entities", "timestamp_ms", "lang"] {
+        for k in [
+            "created_at",
+            "id",
+            "id_str",
+            "text",
+            "truncated",
+            "user",
+            "entities",
+            "timestamp_ms",
+            "lang",
+        ] {
             assert!(t.get(k).is_some(), "missing {k}");
         }
         assert!(t["timestamp_ms"].is_string());
-        let music = tweets.iter().filter(|t| t["entities"]["hashtags"].as_array().unwrap().iter().any(|h| h["text"] == "music")).count();
+        let music = tweets
+            .iter()
+            .filter(|t| {
+                t["entities"]["hashtags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h["text"] == "music")
+            })
+            .count();
         assert!(music > 50, "tracked term is common: {music}");
         assert!(tweets.iter().any(|t| t.get("extended_tweet").is_some()));
         assert!(tweets.iter().any(|t| t.get("retweeted_status").is_some()));
