@@ -50,13 +50,16 @@ struct CatalogFile {
     collections: Vec<CollectionInfo>,
 }
 
+/// A collection's definition and its open handle.
+type CollectionEntry = (CollectionInfo, Arc<Collection>);
+
 /// All workspaces and collections of a data directory.
 pub struct Storage {
     dir: PathBuf,
     store: Arc<dyn ObjectStore>,
     policy: SealPolicy,
     workspaces: RwLock<BTreeMap<String, WorkspaceInfo>>,
-    collections: RwLock<BTreeMap<(String, String), (CollectionInfo, Arc<Collection>)>>,
+    collections: RwLock<BTreeMap<(String, String), CollectionEntry>>,
     /// Serialises catalog changes so the file always matches memory.
     change: Mutex<()>,
 }

@@ -613,10 +613,9 @@ impl Writer {
             if self
                 .mutable_since
                 .is_some_and(|t| t.elapsed() >= self.policy.max_age)
+                && let Err(e) = self.seal()
             {
-                if let Err(e) = self.seal() {
-                    tracing::error!(collection = %self.dir.display(), error = %e, "sealing failed");
-                }
+                tracing::error!(collection = %self.dir.display(), error = %e, "sealing failed");
             }
             if self.retention.is_some() && last_retention.elapsed() >= Duration::from_secs(1) {
                 last_retention = Instant::now();
@@ -679,10 +678,10 @@ impl Writer {
             }
         }
         let (rows, bytes) = self.mutable_size();
-        if rows >= self.policy.max_rows || bytes >= self.policy.max_bytes {
-            if let Err(e) = self.seal() {
-                tracing::error!(collection = %self.dir.display(), error = %e, "sealing failed");
-            }
+        if (rows >= self.policy.max_rows || bytes >= self.policy.max_bytes)
+            && let Err(e) = self.seal()
+        {
+            tracing::error!(collection = %self.dir.display(), error = %e, "sealing failed");
         }
     }
 

@@ -82,11 +82,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Called once the server accepts requests, with its storage and address.
+pub type OnReady = Box<dyn FnOnce(Arc<Storage>, SocketAddr) + Send>;
+
 /// Opens the data directory, serves until SIGINT or SIGTERM, then stops cleanly.
 /// `on_ready` runs once the server accepts requests.
 pub async fn serve(
     args: ServeArgs,
-    on_ready: Option<Box<dyn FnOnce(Arc<Storage>, SocketAddr) + Send>>,
+    on_ready: Option<OnReady>,
 ) -> anyhow::Result<()> {
     let policy = args.policy();
     let data_dir = args.data_dir.clone();
