@@ -1,5 +1,6 @@
 //! The `tarn` command: `serve` runs the database; `demo` runs it with a built-in tweet stream.
 
+mod bench;
 mod demo;
 mod tweets;
 
@@ -28,6 +29,8 @@ enum Command {
     Serve(ServeArgs),
     /// Run the server with the collection `twitter-kinesis-demo` fed by generated tweets.
     Demo(DemoArgs),
+    /// Measure ingest, freshness and window queries; compare loading with DuckDB and chDB.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -79,6 +82,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(args, None)),
         Command::Demo(args) => rt.block_on(demo::run(args)),
+        Command::Bench(args) => rt.block_on(bench::run(args)),
     }
 }
 
@@ -87,10 +91,7 @@ pub type OnReady = Box<dyn FnOnce(Arc<Storage>, SocketAddr) + Send>;
 
 /// Opens the data directory, serves until SIGINT or SIGTERM, then stops cleanly.
 /// `on_ready` runs once the server accepts requests.
-pub async fn serve(
-    args: ServeArgs,
-    on_ready: Option<OnReady>,
-) -> anyhow::Result<()> {
+pub async fn serve(args: ServeArgs, on_ready: Option<OnReady>) -> anyhow::Result<()> {
     let policy = args.policy();
     let data_dir = args.data_dir.clone();
     let storage = tokio::task::spawn_blocking(move || Storage::open(&data_dir, policy))

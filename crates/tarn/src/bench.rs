@@ -1,0 +1,346 @@
+//! `tarn bench`: ingest throughput, freshness, a one-minute window count, memory and disk, and
+//! the same NDJSON loaded into DuckDB and chDB when a Python with them is available.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use tarn_sql::{QueryEngine, QueryRequest};
+use tarn_storage::document::{IngestContext, prepare};
+use tarn_storage::{CollectionOptions, DEFAULT_WORKSPACE, EventTimeInfo, SealPolicy, Storage};
+
+use crate::tweets::TweetGenerator;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Documents to generate and load.
+    #[arg(long, default_value_t = 200_000)]
+    pub docs: usize,
+    /// Python with `duckdb` and `chdb` (made by scripts/bench-deps); skipped when absent.
+    #[arg(long, default_value = ".venv-bench/bin/python")]
+    pub python: PathBuf,
+    /// Scratch directory (deleted afterwards).
+    #[arg(long, default_value = "./tarn-bench")]
+    pub dir: PathBuf,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let m = e
+                .metadata()
+                .map(|m| (m.is_dir(), m.len()))
+                .unwrap_or((false, 0));
+            total += if m.0 { dir_size(&e.path()) } else { m.1 };
+        }
+    }
+    total
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(&args.dir);
+    std::fs::create_dir_all(&args.dir)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let ndjson = args.dir.join("tweets.ndjson");
+    // Tweets spread over the last 24 hours, as a day of a stream would be.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let day_ms = 86_400_000i64;
+    {
+        let mut gen_ =
+            TweetGenerator::new(42, vec!["music".into(), "facebook".into(), "apple".into()]);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&ndjson)?);
+        for i in 0..args.docs {
+            let t = now_ms - day_ms + (i as i64 * day_ms) / args.docs as i64;
+            serde_json::to_writer(&mut w, &gen_.tweet(t))?;
+            w.write_all(b"\n")?;
+        }
+    }
+    let text = std::fs::read(&ndjson)?;
+    let mb = text.len() as f64 / 1e6;
+    println!(
+        "generated {} tweets, {:.1} MB ({} bytes/tweet)",
+        args.docs,
+        mb,
+        text.len() / args.docs.max(1)
+    );
+
+    // 1. Storage engine ingest: parse, prepare, log with fsync, build columns.
+    let data = args.dir.join("data");
+    let rss_before = rss_bytes();
+    let storage = Storage::open(&data, SealPolicy::default())?;
+    let options = CollectionOptions {
+        event_time_info: Some(EventTimeInfo {
+            field: "timestamp_ms".into(),
+            format: Some("milliseconds_since_epoch".into()),
+            time_zone: None,
+        }),
+        retention_secs: None,
+    };
+    let (info, c) = storage.create_collection(
+        DEFAULT_WORKSPACE,
+        "bench",
+        "",
+        options.clone(),
+        Default::default(),
+    )?;
+    let meta = json!({"source": "bench"});
+    let started = Instant::now();
+    let lines: Vec<&[u8]> = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let storage_ingest = {
+        let c = c.clone();
+        let info = info.clone();
+        let lines: Vec<Vec<u8>> = lines.iter().map(|l| l.to_vec()).collect();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let (tx, rx) =
+                std::sync::mpsc::sync_channel::<Vec<(tarn_storage::Document, Vec<u8>)>>(4);
+            let writer = std::thread::spawn(move || -> anyhow::Result<()> {
+                for batch in rx {
+                    c.insert_blocking(batch, Vec::new())?;
+                }
+                Ok(())
+            });
+            let ctx = IngestContext {
+                event_time_info: info.options.event_time_info.as_ref(),
+                now_micros: 0,
+                meta: &meta,
+            };
+            for chunk in lines.chunks(2000) {
+                let docs = chunk
+                    .iter()
+                    .map(|l| {
+                        Ok((
+                            prepare(serde_json::from_slice(l)?, &ctx)
+                                .map_err(anyhow::Error::msg)?,
+                            l.clone(),
+                        ))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                tx.send(docs)?;
+            }
+            drop(tx);
+            writer
+                .join()
+                .map_err(|_| anyhow::anyhow!("writer panicked"))?
+        })
+    };
+    storage_ingest.await??;
+    let secs = started.elapsed().as_secs_f64();
+    let storage_mbps = mb / secs;
+    println!(
+        "storage ingest: {:.0} docs/s, {:.1} MB/s ({:.1} MB/s per core over {cores} cores)",
+        args.docs as f64 / secs,
+        storage_mbps,
+        storage_mbps / cores
+    );
+    c.seal().await?;
+    let rss_after = rss_bytes();
+    let disk = dir_size(&data);
+    let per_million = 1e6 / args.docs as f64;
+    println!(
+        "memory: {:.0} MB per million docs (RSS growth); disk: {:.0} MB per million docs; memory/disk = {:.2}",
+        (rss_after.saturating_sub(rss_before)) as f64 / 1e6 * per_million,
+        disk as f64 / 1e6 * per_million,
+        rss_after.saturating_sub(rss_before) as f64 / disk.max(1) as f64
+    );
+
+    // 2. One-minute window count over the loaded day.
+    let engine = QueryEngine::new(storage.clone());
+    let mut window = Vec::new();
+    for i in 0..30 {
+        let end = now_ms - (i * 7_919_000) % day_ms;
+        let sql = format!(
+            "SELECT count(*) FROM bench WHERE _event_time > to_timestamp_millis({}) AND _event_time <= to_timestamp_millis({end})",
+            end - 60_000
+        );
+        let t = Instant::now();
+        engine
+            .query(&QueryRequest {
+                sql,
+                default_row_limit: None,
+            })
+            .await?;
+        window.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "one-minute _event_time window count over {} docs: median {:.2} ms",
+        args.docs,
+        median(&mut window)
+    );
+
+    // 3. Through the HTTP API, and freshness.
+    let (http_mbps, fresh) = http_phase(&args.dir.join("http"), &lines).await?;
+    println!(
+        "HTTP ingest: {:.1} MB/s ({:.1} MB/s per core)",
+        http_mbps,
+        http_mbps / cores
+    );
+    let mut f = fresh;
+    println!(
+        "freshness (200 response → counted by a query): p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&mut f, 0.5),
+        percentile(&mut f, 0.99)
+    );
+
+    // 4. DuckDB and chDB on the same file.
+    if args.python.exists() {
+        let out = std::process::Command::new(&args.python)
+            .arg("-c")
+            .arg(PY_LOAD)
+            .arg(&ndjson)
+            .output()
+            .context("running the DuckDB/chDB loader")?;
+        let report = String::from_utf8_lossy(&out.stdout);
+        for line in report.lines() {
+            if let Some((name, secs)) = line.split_once(' ')
+                && let Ok(secs) = secs.trim().parse::<f64>()
+            {
+                let rate = mb / secs;
+                println!(
+                    "{name} load: {rate:.1} MB/s; tarn storage ingest / {name} = {:.2}",
+                    storage_mbps / rate
+                );
+            }
+        }
+        if !out.status.success() {
+            println!(
+                "the DuckDB/chDB loader failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    } else {
+        println!(
+            "DuckDB/chDB comparison skipped: {} not found (run scripts/bench-deps)",
+            args.python.display()
+        );
+    }
+    storage.close();
+    drop(storage);
+    let _ = std::fs::remove_dir_all(&args.dir);
+    Ok(())
+}
+
+const PY_LOAD: &str = r#"
+import sys, time, tempfile, os
+path = sys.argv[1]
+try:
+    import duckdb
+    con = duckdb.connect()
+    t = time.time()
+    con.execute(f"CREATE TABLE t AS SELECT * FROM read_json_auto('{path}', format='newline_delimited', maximum_object_size=100000000)")
+    print("duckdb", time.time() - t)
+except Exception as e:
+    print("duckdb-error", e, file=sys.stderr)
+try:
+    import chdb
+    from chdb import session
+    d = tempfile.mkdtemp()
+    s = session.Session(d)
+    t = time.time()
+    s.query("CREATE TABLE t ENGINE = MergeTree ORDER BY tuple() AS SELECT * FROM file('" + path + "', 'JSONEachRow') SETTINGS input_format_json_read_objects_as_strings=1")
+    print("chdb", time.time() - t)
+except Exception as e:
+    print("chdb-error", e, file=sys.stderr)
+"#;
+
+/// Loads through the HTTP API and measures freshness on the same server.
+async fn http_phase(dir: &Path, lines: &[&[u8]]) -> anyhow::Result<(f64, Vec<f64>)> {
+    let storage = Storage::open(dir, SealPolicy::default())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let state = tarn_server::AppState::new(storage.clone());
+    let server = tokio::spawn(tarn_server::serve(listener, state, async {
+        let _ = stop_rx.await;
+    }));
+    let base = format!("http://{addr}/v1/orgs/self");
+    let bodies: Vec<Vec<u8>> = lines
+        .chunks(500)
+        .map(|chunk| {
+            let mut b = b"{\"data\":[".to_vec();
+            for (i, l) in chunk.iter().enumerate() {
+                if i > 0 {
+                    b.push(b',');
+                }
+                b.extend_from_slice(l);
+            }
+            b.extend_from_slice(b"]}");
+            b
+        })
+        .collect();
+    let total: usize = bodies.iter().map(Vec::len).sum();
+    let base2 = base.clone();
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, Vec<f64>)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(300))).build().into();
+        agent.post(format!("{base2}/ws/commons/collections")).send(json!({"name": "h"}).to_string())?;
+        let started = Instant::now();
+        let bodies = Arc::new(bodies);
+        let workers: Vec<_> = (0..2)
+            .map(|w| {
+                let agent = agent.clone();
+                let bodies = bodies.clone();
+                let url = format!("{base2}/ws/commons/collections/h/docs");
+                std::thread::spawn(move || -> anyhow::Result<()> {
+                    for b in bodies.iter().skip(w).step_by(2) {
+                        agent.post(&url).header("Content-Type", "application/json").send(&b[..])?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+        }
+        let mbps = total as f64 / 1e6 / started.elapsed().as_secs_f64();
+        let mut fresh = Vec::new();
+        for i in 0..200 {
+            let id = format!("fresh-{i}");
+            agent
+                .post(format!("{base2}/ws/commons/collections/h/docs"))
+                .header("Content-Type", "application/json")
+                .send(json!({"data": [{"_id": id, "probe": i}]}).to_string())?;
+            let acked = Instant::now();
+            loop {
+                let q = json!({"sql": {"query": format!("SELECT count(*) AS n FROM h WHERE _id = '{id}'")}});
+                let v: Value = agent.post(format!("{base2}/queries")).send(q.to_string())?.body_mut().read_json()?;
+                if v["results"][0]["n"] == 1 {
+                    break;
+                }
+            }
+            fresh.push(acked.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok((mbps, fresh))
+    })
+    .await??;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    storage.close();
+    Ok(result)
+}
