@@ -16,15 +16,20 @@ use crate::types::{self, EVENT_TIME, ID, META, NULLS};
 
 /// Builds one batch from documents. Its schema is the merge of the documents' own types.
 pub fn documents_to_batch(docs: &[Document]) -> RecordBatch {
-    let mut body_fields = Fields::empty();
+    documents_to_batch_refs(&docs.iter().collect::<Vec<_>>())
+}
+
+/// [`documents_to_batch`] over borrowed documents.
+pub fn documents_to_batch_refs(docs: &[&Document]) -> RecordBatch {
+    let mut body_type = DataType::Struct(Fields::empty());
     let mut meta_type = DataType::Null;
     for d in docs {
-        let DataType::Struct(f) = types::infer_object(&d.body) else {
-            unreachable!()
-        };
-        body_fields = types::merge_fields(&body_fields, &f);
-        meta_type = types::merge(&meta_type, &types::infer(&d.meta));
+        types::widen_object(&mut body_type, &d.body);
+        types::widen(&mut meta_type, &d.meta);
     }
+    let DataType::Struct(body_fields) = body_type else {
+        unreachable!("widening keeps a struct a struct")
+    };
     let mut fields: Vec<Field> = vec![
         Field::new(ID, DataType::Utf8, false),
         Field::new(EVENT_TIME, types::event_time_type(), false),

@@ -30,7 +30,7 @@ use tarn_common::{TarnError, TarnResult};
 use tokio::sync::oneshot;
 
 use crate::adapt::{adapt_batch, arrow_error};
-use crate::build::documents_to_batch;
+use crate::build::documents_to_batch_refs;
 use crate::document::{Document, EventTimeInfo};
 use crate::segment::{DeleteBitmap, Segment, SegmentStats, decode_ipc, encode_ipc};
 use crate::types::{self, ID};
@@ -272,9 +272,9 @@ pub fn prepare_write(
     docs: Vec<(Document, Vec<u8>)>,
     checkpoints: &[(String, String)],
 ) -> PreparedWrite {
-    let plain: Vec<Document> = docs.iter().map(|(d, _)| d.clone()).collect();
-    let batch = documents_to_batch(&plain);
-    let ids = plain.iter().map(|d| d.id.clone()).collect();
+    let refs: Vec<&Document> = docs.iter().map(|(d, _)| d).collect();
+    let batch = documents_to_batch_refs(&refs);
+    let ids = refs.iter().map(|d| d.id.clone()).collect();
     let logged = docs
         .into_iter()
         .map(|(d, json)| LoggedDoc {

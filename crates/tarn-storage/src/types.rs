@@ -86,6 +86,54 @@ pub fn infer_object(map: &serde_json::Map<String, serde_json::Value>) -> DataTyp
     )
 }
 
+/// Whether a value's own type already merges into `dt` without changing it.
+pub fn fits(dt: &DataType, v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Null => true,
+        _ if is_variant(dt) => true,
+        Value::Bool(_) => dt == &DataType::Boolean,
+        Value::Number(n) if n.is_i64() => dt == &DataType::Int64,
+        Value::Number(n) if n.is_u64() => false,
+        Value::Number(_) => dt == &DataType::Float64,
+        Value::String(_) => dt == &DataType::Utf8,
+        Value::Array(items) => match dt {
+            DataType::List(item) => items.iter().all(|i| fits(item.data_type(), i)),
+            _ => false,
+        },
+        Value::Object(map) => match dt {
+            DataType::Struct(fields) => object_fits(fields, map),
+            _ => false,
+        },
+    }
+}
+
+fn object_fits(fields: &Fields, map: &serde_json::Map<String, serde_json::Value>) -> bool {
+    // Documents of one stream usually list keys in the same order: try the same position first.
+    map.iter().enumerate().all(|(pos, (k, v))| {
+        let field = match fields.get(pos) {
+            Some(f) if f.name() == k => Some(f),
+            _ => fields.find(k).map(|(_, f)| f),
+        };
+        field.is_some_and(|f| fits(f.data_type(), v))
+    })
+}
+
+/// Widens `dt` so that it holds `v` too; allocates only when the type changes.
+pub fn widen(dt: &mut DataType, v: &serde_json::Value) {
+    if !fits(dt, v) {
+        *dt = merge(dt, &infer(v));
+    }
+}
+
+/// [`widen`] for a document body (an object).
+pub fn widen_object(dt: &mut DataType, map: &serde_json::Map<String, serde_json::Value>) {
+    let fits_already = matches!(dt, DataType::Struct(f) if object_fits(f, map));
+    if !fits_already {
+        *dt = merge(dt, &infer_object(map));
+    }
+}
+
 /// A nullable list of `elem`.
 pub fn list_of(elem: DataType) -> DataType {
     DataType::List(Arc::new(Field::new("item", elem, true)))
