@@ -52,6 +52,13 @@ async fn health() -> impl IntoResponse {
 
 /// Reads a body up to the documented limit; larger bodies get 413.
 async fn read_body(body: Body) -> TarnResult<Bytes> {
+    // A declared length over the limit is refused before reading a byte of it.
+    let declared = axum::body::HttpBody::size_hint(&body).lower();
+    if declared > MAX_REQUEST_BYTES as u64 {
+        return Err(TarnError::too_large(format!(
+            "the request body is {declared} bytes, over the limit of {MAX_REQUEST_BYTES}: send the documents in smaller batches"
+        )));
+    }
     axum::body::to_bytes(body, MAX_REQUEST_BYTES).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.to_string().contains("length limit"))
@@ -367,6 +374,8 @@ struct SqlBody {
     query: String,
     #[serde(default)]
     default_row_limit: Option<usize>,
+    #[serde(default)]
+    parameters: Option<Vec<tarn_sql::QueryParameter>>,
 }
 
 async fn run_query(State(st): State<AppState>, body: Body) -> ApiResult<impl IntoResponse> {
@@ -374,6 +383,7 @@ async fn run_query(State(st): State<AppState>, body: Body) -> ApiResult<impl Int
     let engine: Arc<tarn_sql::QueryEngine> = st.engine.clone();
     let q = QueryRequest {
         sql: req.sql.query,
+        parameters: req.sql.parameters.unwrap_or_default(),
         default_row_limit: req.sql.default_row_limit,
     };
     let out = engine.query(&q).await?;

@@ -48,6 +48,9 @@ impl Dialect for RocksetDialect {
     fn supports_struct_literal(&self) -> bool {
         true
     }
+    fn supports_lambda_functions(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

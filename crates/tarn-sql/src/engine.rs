@@ -15,6 +15,7 @@ use tarn_storage::{DEFAULT_WORKSPACE, Storage};
 
 use crate::catalog::TarnCatalog;
 use crate::dialect::RocksetDialect;
+use crate::rewrite::QueryParameter;
 
 /// The catalog name tarn registers in DataFusion.
 pub const CATALOG: &str = "tarn";
@@ -23,6 +24,7 @@ pub const CATALOG: &str = "tarn";
 #[derive(Debug, Clone, Default)]
 pub struct QueryRequest {
     pub sql: String,
+    pub parameters: Vec<QueryParameter>,
     pub default_row_limit: Option<usize>,
 }
 
@@ -61,6 +63,7 @@ impl QueryEngine {
         config.options_mut().sql_parser.enable_ident_normalization = false;
         let ctx = SessionContext::new_with_config(config);
         ctx.register_catalog(CATALOG, Arc::new(TarnCatalog { storage }));
+        crate::functions::register(&ctx);
         QueryEngine { ctx }
     }
 
@@ -68,10 +71,7 @@ impl QueryEngine {
     pub async fn query(&self, req: &QueryRequest) -> TarnResult<QueryOutput> {
         let started = Instant::now();
         let query_id = uuid::Uuid::new_v4().to_string();
-        let df = self
-            .plan(&req.sql)
-            .await
-            .map_err(|e| query_error(e, &req.sql))?;
+        let df = self.plan(&req.sql, &req.parameters).await?;
         let collections = scanned_collections(df.logical_plan());
         let schema = df.schema().as_arrow().clone();
         let batches = df.collect().await.map_err(|e| query_error(e, &req.sql))?;
@@ -111,19 +111,29 @@ impl QueryEngine {
     async fn plan(
         &self,
         sql: &str,
-    ) -> datafusion::common::Result<datafusion::dataframe::DataFrame> {
+        params: &[QueryParameter],
+    ) -> TarnResult<datafusion::dataframe::DataFrame> {
+        let err = |e| query_error(e, sql);
         let mut statements =
-            datafusion::sql::parser::DFParser::parse_sql_with_dialect(sql, &RocksetDialect)?;
-        let statement = match (statements.pop_front(), statements.is_empty()) {
+            datafusion::sql::parser::DFParser::parse_sql_with_dialect(sql, &RocksetDialect)
+                .map_err(err)?;
+        let mut statement = match (statements.pop_front(), statements.is_empty()) {
             (Some(s), true) => s,
-            (None, _) => return Err(DataFusionError::Plan("the query is empty".into())),
-            (Some(_), false) => {
-                return Err(DataFusionError::Plan("send one statement per query".into()));
-            }
+            (None, _) => return Err(TarnError::query("the query is empty")),
+            (Some(_), false) => return Err(TarnError::query("send one statement per query")),
         };
+        match &mut statement {
+            datafusion::sql::parser::Statement::Statement(s) => crate::rewrite::rewrite(s, params)?,
+            datafusion::sql::parser::Statement::Explain(e) => {
+                if let datafusion::sql::parser::Statement::Statement(s) = e.statement.as_mut() {
+                    crate::rewrite::rewrite(s, params)?;
+                }
+            }
+            _ => {}
+        }
         let state = self.ctx.state();
-        let plan = state.statement_to_plan(statement).await?;
-        self.ctx.execute_logical_plan(plan).await
+        let plan = state.statement_to_plan(statement).await.map_err(err)?;
+        self.ctx.execute_logical_plan(plan).await.map_err(err)
     }
 }
 

@@ -3,7 +3,10 @@
 pub mod catalog;
 pub mod dialect;
 pub mod engine;
+pub mod functions;
 pub mod prune;
+pub mod rewrite;
 pub mod table;
 
 pub use engine::{ColumnField, QueryEngine, QueryOutput, QueryRequest};
+pub use rewrite::QueryParameter;

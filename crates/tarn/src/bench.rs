@@ -190,7 +190,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         engine
             .query(&QueryRequest {
                 sql,
-                default_row_limit: None,
+                ..Default::default()
             })
             .await?;
         window.push(t.elapsed().as_secs_f64() * 1e3);
@@ -312,7 +312,7 @@ async fn window_at_scale(dir: &Path, n: usize, now_ms: i64) -> anyhow::Result<(f
         engine
             .query(&QueryRequest {
                 sql,
-                default_row_limit: None,
+                ..Default::default()
             })
             .await?;
         times.push(t.elapsed().as_secs_f64() * 1e3);

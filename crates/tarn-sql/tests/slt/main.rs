@@ -127,7 +127,7 @@ impl sqllogictest::AsyncDB for TarnDb {
             .engine
             .query(&QueryRequest {
                 sql: sql.to_owned(),
-                default_row_limit: None,
+                ..Default::default()
             })
             .await
             .map_err(|e| SltError(e.to_string()))?;

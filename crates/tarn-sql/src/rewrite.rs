@@ -1,0 +1,475 @@
+//! AST rewrites from Rockset SQL to SQL DataFusion plans the same way.
+//!
+//! Each rewrite keeps Rockset's meaning:
+//! - `CAST(x AS INT)`: Rockset's INT is 64-bit, so INT and INTEGER become BIGINT.
+//! - `GROUP BY (a, b)` groups by `a` and `b`, not by one struct.
+//! - `:name` parameters become typed literals from the request (never spliced as text).
+//! - `'x' IN (SELECT h.f FROM UNNEST(t.arr) h [WHERE c])`, a subquery over the row's own
+//!   array, becomes `array_any_match(t.arr, h -> h.f = 'x' [AND c])`.
+//! - `FROM t, UNNEST(t.arr) x`, a lateral unnest, becomes
+//!   `FROM (SELECT t.*, unnest(t.arr) AS x FROM t) AS t` with `x` read as `t.x`; rows whose
+//!   array is missing or empty yield nothing, as in Rockset.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    DataType, Expr, GroupByExpr, Ident, ObjectNamePart, Query, Select, SelectItem, SetExpr,
+    Statement, TableFactor, TableWithJoins, Value, VisitMut, VisitorMut, visit_expressions_mut,
+};
+use datafusion::sql::sqlparser::parser::Parser;
+use serde::Deserialize;
+use tarn_common::TarnError;
+
+use crate::dialect::RocksetDialect;
+
+/// A query parameter as the REST API receives it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct QueryParameter {
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub type_: Option<String>,
+    pub value: serde_json::Value,
+}
+
+fn parse_expr(text: &str) -> Result<Expr, TarnError> {
+    Parser::new(&RocksetDialect)
+        .try_with_sql(text)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| TarnError::internal(format!("rewriting produced invalid SQL `{text}`: {e}")))
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The literal for one parameter, typed by its `type` (string, int, float, bool, timestamp,
+/// date, ...), or by its JSON value when no type is given.
+fn parameter_literal(p: &QueryParameter) -> Result<Expr, TarnError> {
+    let text = match &p.value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let bad = |what: &str| {
+        TarnError::invalid(format!(
+            "parameter '{}' has type {what} but its value is {}",
+            p.name, p.value
+        ))
+    };
+    let sql = match p.type_.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("string") => quote(&text),
+        Some("int" | "integer" | "bigint") => text
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| bad("int"))?
+            .to_string(),
+        Some("float" | "double") => {
+            let f = text.trim().parse::<f64>().map_err(|_| bad("float"))?;
+            if f.is_finite() {
+                format!("{f:?}")
+            } else {
+                return Err(bad("float"));
+            }
+        }
+        Some("bool" | "boolean") => match text.trim().to_ascii_lowercase().as_str() {
+            "true" => "TRUE".into(),
+            "false" => "FALSE".into(),
+            _ => return Err(bad("bool")),
+        },
+        Some("timestamp" | "datetime") => format!("CAST({} AS TIMESTAMP)", quote(&text)),
+        Some("date") => format!("CAST({} AS DATE)", quote(&text)),
+        Some("time") => format!("CAST({} AS TIME)", quote(&text)),
+        Some(other) => {
+            return Err(TarnError::invalid(format!(
+                "parameter '{}' has unknown type '{other}': use string, int, float, bool, timestamp, date or time",
+                p.name
+            )));
+        }
+        None => match &p.value {
+            serde_json::Value::String(s) => quote(s),
+            serde_json::Value::Bool(b) => b.to_string().to_uppercase(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Null => "NULL".into(),
+            _ => return Err(bad("(none)")),
+        },
+    };
+    parse_expr(&sql)
+}
+
+struct Rewriter {
+    params: HashMap<String, Expr>,
+    error: Option<TarnError>,
+}
+
+impl Rewriter {
+    fn fail(&mut self, e: TarnError) -> ControlFlow<()> {
+        self.error = Some(e);
+        ControlFlow::Break(())
+    }
+}
+
+/// `unnest(<expr>) [alias]` as a table factor, whichever way sqlparser parsed it.
+fn as_unnest(f: &TableFactor) -> Option<(Expr, Option<Ident>)> {
+    match f {
+        TableFactor::UNNEST {
+            alias,
+            array_exprs,
+            with_offset: false,
+            with_ordinality: false,
+            ..
+        } if array_exprs.len() == 1 => Some((
+            array_exprs[0].clone(),
+            alias.as_ref().map(|a| a.name.clone()),
+        )),
+        TableFactor::Table {
+            name,
+            alias,
+            args: Some(args),
+            ..
+        } if name.0.len() == 1
+            && name.0[0]
+                .as_ident()
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("unnest"))
+            && args.args.len() == 1 =>
+        {
+            match &args.args[0] {
+                datafusion::sql::sqlparser::ast::FunctionArg::Unnamed(
+                    datafusion::sql::sqlparser::ast::FunctionArgExpr::Expr(e),
+                ) => Some((e.clone(), alias.as_ref().map(|a| a.name.clone()))),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The name by which a FROM item's columns are qualified.
+fn factor_name(f: &TableFactor) -> Option<Ident> {
+    match f {
+        TableFactor::Table {
+            name,
+            alias,
+            args: None,
+            ..
+        } => match alias {
+            Some(a) => Some(a.name.clone()),
+            None => name.0.last().and_then(ObjectNamePart::as_ident).cloned(),
+        },
+        TableFactor::Derived { alias: Some(a), .. } => Some(a.name.clone()),
+        _ => None,
+    }
+}
+
+impl Rewriter {
+    /// `'x' IN (SELECT a.f FROM UNNEST(arr) a [WHERE c])` → `array_any_match(arr, a -> ...)`.
+    fn in_unnest_subquery(&self, expr: &Expr) -> Option<Result<Expr, TarnError>> {
+        let Expr::InSubquery {
+            expr: needle,
+            subquery,
+            negated,
+        } = expr
+        else {
+            return None;
+        };
+        let SetExpr::Select(select) = subquery.body.as_ref() else {
+            return None;
+        };
+        if select.from.len() != 1
+            || !select.from[0].joins.is_empty()
+            || select.projection.len() != 1
+            || subquery.with.is_some()
+        {
+            return None;
+        }
+        let (array, alias) = as_unnest(&select.from[0].relation)?;
+        let alias = alias?;
+        let (SelectItem::UnnamedExpr(item) | SelectItem::ExprWithAlias { expr: item, .. }) =
+            &select.projection[0]
+        else {
+            return None;
+        };
+        // Inside a lambda, `alias.field` must be spelled as field access on the variable.
+        let as_field_access = |e: &Expr| -> String {
+            let mut e = e.clone();
+            let _ = visit_expressions_mut(&mut e, |e: &mut Expr| {
+                if let Expr::CompoundIdentifier(parts) = e
+                    && parts.len() > 1
+                    && parts[0].value == alias.value
+                {
+                    let mut text = parts[0].to_string();
+                    for p in &parts[1..] {
+                        text = format!("get_field({text}, {})", quote(&p.value));
+                    }
+                    if let Ok(new) = parse_expr(&text) {
+                        *e = new;
+                    }
+                }
+                ControlFlow::<()>::Continue(())
+            });
+            e.to_string()
+        };
+        let mut body = format!("({}) = ({needle})", as_field_access(item));
+        if let Some(cond) = &select.selection {
+            body = format!("{body} AND ({})", as_field_access(cond));
+        }
+        let call = format!(
+            "{}coalesce(array_any_match({array}, {alias} -> {body}), FALSE)",
+            if *negated { "NOT " } else { "" }
+        );
+        Some(parse_expr(&call))
+    }
+
+    /// Rewrites lateral unnests in the FROM clause of `select` (see the module docs).
+    fn lateral_unnest(
+        &self,
+        select: &mut Select,
+        order_by_exprs: &mut Vec<&mut Expr>,
+    ) -> Result<(), TarnError> {
+        while select.from.len() >= 2 && select.from[1].joins.is_empty() {
+            let Some((array, Some(alias))) = as_unnest(&select.from[1].relation) else {
+                break;
+            };
+            let left = &select.from[0];
+            let Some(left_name) = factor_name(&left.relation) else {
+                break;
+            };
+            if !left.joins.is_empty() {
+                break;
+            }
+            let derived = format!(
+                "SELECT * FROM (SELECT {left_name}.*, unnest({array}) AS {alias} FROM {}) AS {left_name}",
+                left.relation
+            );
+            let stmt = Parser::parse_sql(&RocksetDialect, &derived).map_err(|e| {
+                TarnError::internal(format!("rewriting UNNEST produced `{derived}`: {e}"))
+            })?;
+            let Some(Statement::Query(q)) = stmt.into_iter().next() else {
+                break;
+            };
+            let SetExpr::Select(s) = *q.body else { break };
+            let Some(new_from) = s.from.into_iter().next() else {
+                break;
+            };
+            select.from.splice(
+                0..2,
+                [TableWithJoins {
+                    relation: new_from.relation,
+                    joins: Vec::new(),
+                }],
+            );
+            let qualify = |e: &mut Expr| {
+                let _ = visit_expressions_mut(e, |e: &mut Expr| {
+                    match e {
+                        Expr::Identifier(id) if id.value == alias.value => {
+                            *e = Expr::CompoundIdentifier(vec![left_name.clone(), id.clone()]);
+                        }
+                        Expr::CompoundIdentifier(parts)
+                            if parts.first().is_some_and(|p| p.value == alias.value) =>
+                        {
+                            parts.insert(0, left_name.clone());
+                        }
+                        _ => {}
+                    }
+                    ControlFlow::<()>::Continue(())
+                });
+            };
+            for item in select.projection.iter_mut() {
+                match item {
+                    SelectItem::UnnamedExpr(e) => {
+                        // Keep Rockset's name for the unaliased element path.
+                        let name = match e {
+                            Expr::CompoundIdentifier(parts)
+                                if parts.first().is_some_and(|p| p.value == alias.value) =>
+                            {
+                                parts.last().cloned()
+                            }
+                            Expr::Identifier(id) if id.value == alias.value => Some(id.clone()),
+                            _ => None,
+                        };
+                        let mut expr = e.clone();
+                        qualify(&mut expr);
+                        *item = match name {
+                            Some(n) => SelectItem::ExprWithAlias { expr, alias: n },
+                            None => SelectItem::UnnamedExpr(expr),
+                        };
+                    }
+                    SelectItem::ExprWithAlias { expr, .. } => qualify(expr),
+                    _ => {}
+                }
+            }
+            if let Some(w) = select.selection.as_mut() {
+                qualify(w);
+            }
+            if let Some(h) = select.having.as_mut() {
+                qualify(h);
+            }
+            if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
+                exprs.iter_mut().for_each(qualify);
+            }
+            for e in order_by_exprs.iter_mut() {
+                qualify(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl VisitorMut for Rewriter {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        match expr {
+            Expr::Cast { data_type, .. } => {
+                if matches!(
+                    data_type,
+                    DataType::Int(_) | DataType::Integer(_) | DataType::Int4(_)
+                ) {
+                    *data_type = DataType::BigInt(None);
+                }
+            }
+            Expr::Value(v) => {
+                if let Value::Placeholder(p) = &v.value
+                    && let Some(name) = p.strip_prefix(':')
+                {
+                    match self.params.get(name) {
+                        Some(lit) => *expr = lit.clone(),
+                        None => {
+                            return self.fail(TarnError::query(format!(
+                                "the query uses parameter :{name} but the request gives no parameter named '{name}'"
+                            )));
+                        }
+                    }
+                }
+            }
+            Expr::InSubquery { .. } => match self.in_unnest_subquery(expr) {
+                Some(Ok(e)) => *expr = e,
+                Some(Err(e)) => return self.fail(e),
+                None => {}
+            },
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        let SetExpr::Select(select) = query.body.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by
+            && exprs.iter().any(|e| matches!(e, Expr::Tuple(_)))
+        {
+            *exprs = std::mem::take(exprs)
+                .into_iter()
+                .flat_map(|e| match e {
+                    Expr::Tuple(items) => items,
+                    other => vec![other],
+                })
+                .collect();
+        }
+        let mut order_by: Vec<&mut Expr> = match query.order_by.as_mut() {
+            Some(o) => match &mut o.kind {
+                datafusion::sql::sqlparser::ast::OrderByKind::Expressions(items) => {
+                    items.iter_mut().map(|i| &mut i.expr).collect()
+                }
+                _ => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        if let Err(e) = self.lateral_unnest(select, &mut order_by) {
+            return self.fail(e);
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Applies every rewrite to a statement.
+pub fn rewrite(statement: &mut Statement, params: &[QueryParameter]) -> Result<(), TarnError> {
+    let mut map = HashMap::new();
+    for p in params {
+        map.insert(p.name.clone(), parameter_literal(p)?);
+    }
+    let mut r = Rewriter {
+        params: map,
+        error: None,
+    };
+    let _ = statement.visit(&mut r);
+    match r.error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewritten(sql: &str, params: &[QueryParameter]) -> String {
+        let mut stmt = Parser::parse_sql(&RocksetDialect, sql).unwrap().remove(0);
+        rewrite(&mut stmt, params).unwrap();
+        stmt.to_string()
+    }
+
+    #[test]
+    fn int_is_64_bit_and_group_by_tuples_expand() {
+        assert_eq!(
+            rewritten("SELECT CAST(a AS INT) FROM t GROUP BY (a, b)", &[]),
+            "SELECT CAST(a AS BIGINT) FROM t GROUP BY a, b"
+        );
+    }
+
+    #[test]
+    fn parameters_become_typed_literals() {
+        let p = |n: &str, t: &str, v: serde_json::Value| QueryParameter {
+            name: n.into(),
+            type_: Some(t.into()),
+            value: v,
+        };
+        let out = rewritten(
+            "SELECT * FROM t WHERE h = :tag AND n > :n AND ok = :b",
+            &[
+                p("tag", "string", "it's".into()),
+                p("n", "int", "5".into()),
+                p("b", "bool", true.into()),
+            ],
+        );
+        assert_eq!(
+            out,
+            "SELECT * FROM t WHERE h = 'it''s' AND n > 5 AND ok = true"
+        );
+        let mut stmt = Parser::parse_sql(&RocksetDialect, "SELECT :missing")
+            .unwrap()
+            .remove(0);
+        assert!(
+            rewrite(&mut stmt, &[])
+                .unwrap_err()
+                .message
+                .contains(":missing")
+        );
+        assert!(rewrite(&mut stmt, &[p("x", "int", "five".into())]).is_err());
+    }
+
+    #[test]
+    fn unnest_subquery_becomes_any_match() {
+        let out = rewritten(
+            "SELECT 1 FROM t WHERE 'music' IN (SELECT h.text FROM unnest(t.entities.hashtags) h)",
+            &[],
+        );
+        assert_eq!(
+            out,
+            "SELECT 1 FROM t WHERE coalesce(array_any_match(t.entities.hashtags, h -> (get_field(h, 'text')) = ('music')), false)"
+        );
+    }
+
+    #[test]
+    fn lateral_unnest_becomes_a_derived_table() {
+        let out = rewritten(
+            "SELECT ht.text, count(*) FROM \"c-1\" t, unnest(t.tags) ht WHERE ht.text != 'x' GROUP BY ht.text ORDER BY ht.text",
+            &[],
+        );
+        assert_eq!(
+            out,
+            "SELECT t.ht.text AS text, count(*) FROM (SELECT t.*, unnest(t.tags) AS ht FROM \"c-1\" t) AS t \
+             WHERE t.ht.text <> 'x' GROUP BY t.ht.text ORDER BY t.ht.text"
+        );
+    }
+}
