@@ -178,27 +178,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     // 2. One-minute window count over the loaded day.
-    let engine = QueryEngine::new(storage.clone());
-    let mut window = Vec::new();
-    for i in 0..30 {
-        let end = now_ms - (i * 7_919_000) % day_ms;
-        let sql = format!(
-            "SELECT count(*) FROM bench WHERE _event_time > to_timestamp_millis({}) AND _event_time <= to_timestamp_millis({end})",
-            end - 60_000
-        );
-        let t = Instant::now();
-        engine
-            .query(&QueryRequest {
-                sql,
-                ..Default::default()
-            })
-            .await?;
-        window.push(t.elapsed().as_secs_f64() * 1e3);
-    }
+    let window_ms =
+        median_window_count_ms(&QueryEngine::new(storage.clone()), "bench", now_ms).await?;
     println!(
         "one-minute _event_time window count over {} docs: median {:.2} ms",
-        args.docs,
-        median(&mut window)
+        args.docs, window_ms
     );
 
     // 2b. The same window count over many small documents (10 million by default).
@@ -300,12 +284,22 @@ async fn window_at_scale(dir: &Path, n: usize, now_ms: i64) -> anyhow::Result<(f
     })
     .await??;
     let load_secs = started.elapsed().as_secs_f64();
-    let engine = QueryEngine::new(storage.clone());
+    let count_ms = median_window_count_ms(&QueryEngine::new(storage.clone()), "w", now_ms).await?;
+    storage.close();
+    Ok((count_ms, load_secs))
+}
+
+/// The median time of 30 one-minute `_event_time` window counts spread over the last day.
+async fn median_window_count_ms(
+    engine: &QueryEngine,
+    table: &str,
+    now_ms: i64,
+) -> anyhow::Result<f64> {
     let mut times = Vec::new();
     for i in 0..30 {
         let end = now_ms - (i * 7_919_000) % 86_400_000;
         let sql = format!(
-            "SELECT count(*) FROM w WHERE _event_time > to_timestamp_millis({}) AND _event_time <= to_timestamp_millis({end})",
+            "SELECT count(*) FROM {table} WHERE _event_time > to_timestamp_millis({}) AND _event_time <= to_timestamp_millis({end})",
             end - 60_000
         );
         let t = Instant::now();
@@ -317,8 +311,7 @@ async fn window_at_scale(dir: &Path, n: usize, now_ms: i64) -> anyhow::Result<(f
             .await?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    storage.close();
-    Ok((median(&mut times), load_secs))
+    Ok(median(&mut times))
 }
 
 const PY_LOAD: &str = r#"
