@@ -50,6 +50,7 @@ pub struct QueryOutput {
 /// Plans and runs SQL over the collections of a [`Storage`].
 pub struct QueryEngine {
     ctx: SessionContext,
+    storage: Arc<Storage>,
 }
 
 impl QueryEngine {
@@ -62,19 +63,27 @@ impl QueryEngine {
         // Field names are case-sensitive in JSON, so identifiers are too.
         config.options_mut().sql_parser.enable_ident_normalization = false;
         let ctx = SessionContext::new_with_config(config);
-        ctx.register_catalog(CATALOG, Arc::new(TarnCatalog { storage }));
+        ctx.register_catalog(
+            CATALOG,
+            Arc::new(TarnCatalog {
+                storage: storage.clone(),
+            }),
+        );
         crate::functions::register(&ctx);
-        QueryEngine { ctx }
+        QueryEngine { ctx, storage }
     }
 
     /// Runs one query.
     pub async fn query(&self, req: &QueryRequest) -> TarnResult<QueryOutput> {
         let started = Instant::now();
         let query_id = uuid::Uuid::new_v4().to_string();
-        let df = self.plan(&req.sql, &req.parameters).await?;
+        let (df, warnings) = self.plan(&req.sql, &req.parameters).await?;
         let collections = scanned_collections(df.logical_plan());
         let schema = df.schema().as_arrow().clone();
-        let batches = df.collect().await.map_err(|e| query_error(e, &req.sql))?;
+        let batches = df
+            .collect()
+            .await
+            .map_err(|e| query_error(e, &req.sql, &[]))?;
         let names = output_names(&schema);
         let mut results = Vec::new();
         for b in &batches {
@@ -101,7 +110,7 @@ impl QueryEngine {
             column_fields,
             collections,
             elapsed_ms: started.elapsed().as_millis() as u64,
-            warnings: Vec::new(),
+            warnings,
         })
     }
 }
@@ -112,28 +121,41 @@ impl QueryEngine {
         &self,
         sql: &str,
         params: &[QueryParameter],
-    ) -> TarnResult<datafusion::dataframe::DataFrame> {
-        let err = |e| query_error(e, sql);
+    ) -> TarnResult<(datafusion::dataframe::DataFrame, Vec<String>)> {
         let mut statements =
             datafusion::sql::parser::DFParser::parse_sql_with_dialect(sql, &RocksetDialect)
-                .map_err(err)?;
+                .map_err(|e| query_error(e, sql, &[]))?;
         let mut statement = match (statements.pop_front(), statements.is_empty()) {
             (Some(s), true) => s,
             (None, _) => return Err(TarnError::query("the query is empty")),
             (Some(_), false) => return Err(TarnError::query("send one statement per query")),
         };
-        match &mut statement {
-            datafusion::sql::parser::Statement::Statement(s) => crate::rewrite::rewrite(s, params)?,
-            datafusion::sql::parser::Statement::Explain(e) => {
-                if let datafusion::sql::parser::Statement::Statement(s) = e.statement.as_mut() {
-                    crate::rewrite::rewrite(s, params)?;
-                }
-            }
-            _ => {}
+        let resolve = |ws: Option<&str>, name: &str| {
+            self.storage
+                .get_collection(ws.unwrap_or(DEFAULT_WORKSPACE), name)
+                .ok()
+                .map(|(_, c)| c.schema())
+        };
+        let mut warnings = Vec::new();
+        let mut ctes = Vec::new();
+        let inner = match &mut statement {
+            datafusion::sql::parser::Statement::Statement(s) => Some(s.as_mut()),
+            datafusion::sql::parser::Statement::Explain(e) => match e.statement.as_mut() {
+                datafusion::sql::parser::Statement::Statement(s) => Some(s.as_mut()),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(s) = inner {
+            ctes = crate::rewrite::cte_names(s);
+            warnings = crate::paths::replace_undefined_paths(s, &resolve);
+            crate::rewrite::rewrite(s, params)?;
         }
+        let err = |e| query_error(e, sql, &ctes);
         let state = self.ctx.state();
         let plan = state.statement_to_plan(statement).await.map_err(err)?;
-        self.ctx.execute_logical_plan(plan).await.map_err(err)
+        let df = self.ctx.execute_logical_plan(plan).await.map_err(err)?;
+        Ok((df, warnings))
     }
 }
 
@@ -202,7 +224,7 @@ fn scanned_collections(plan: &LogicalPlan) -> Vec<String> {
 
 /// Converts a DataFusion error into a query error with line and column when the parser gave
 /// them, and with collection names in Rockset's words.
-pub fn query_error(e: DataFusionError, sql: &str) -> TarnError {
+pub fn query_error(e: DataFusionError, sql: &str, ctes: &[String]) -> TarnError {
     let text = e.to_string();
     let message = text
         .trim_start_matches("SQL error: ")
@@ -241,6 +263,10 @@ pub fn query_error(e: DataFusionError, sql: &str) -> TarnError {
             _ => (DEFAULT_WORKSPACE, full),
         };
         err.message = format!("collection '{name}' not found in workspace '{ws}'");
+        if let Some(cte) = crate::paths::nearest(name, ctes) {
+            err.message
+                .push_str(&format!(" (a CTE named '{cte}' is defined)"));
+        }
     }
     err
 }

@@ -143,6 +143,10 @@ fn as_unnest(f: &TableFactor) -> Option<(Expr, Option<Ident>)> {
     }
 }
 
+fn is_null(e: &Expr) -> bool {
+    matches!(e, Expr::Value(v) if v.value == Value::Null)
+}
+
 /// The name by which a FROM item's columns are qualified.
 fn factor_name(f: &TableFactor) -> Option<Ident> {
     match f {
@@ -183,6 +187,10 @@ impl Rewriter {
         }
         let (array, alias) = as_unnest(&select.from[0].relation)?;
         let alias = alias?;
+        if is_null(&array) {
+            // An undefined array has no elements: nothing is in it.
+            return Some(parse_expr(if *negated { "TRUE" } else { "FALSE" }));
+        }
         let (SelectItem::UnnamedExpr(item) | SelectItem::ExprWithAlias { expr: item, .. }) =
             &select.projection[0]
         else {
@@ -236,10 +244,19 @@ impl Rewriter {
             if !left.joins.is_empty() {
                 break;
             }
-            let derived = format!(
-                "SELECT * FROM (SELECT {left_name}.*, unnest({array}) AS {alias} FROM {}) AS {left_name}",
-                left.relation
-            );
+            let undefined = is_null(&array);
+            let derived = if undefined {
+                // Rockset: unnesting an undefined path gives no rows.
+                format!(
+                    "SELECT * FROM (SELECT {left_name}.* FROM {} WHERE FALSE) AS {left_name}",
+                    left.relation
+                )
+            } else {
+                format!(
+                    "SELECT * FROM (SELECT {left_name}.*, unnest({array}) AS {alias} FROM {}) AS {left_name}",
+                    left.relation
+                )
+            };
             let stmt = Parser::parse_sql(&RocksetDialect, &derived).map_err(|e| {
                 TarnError::internal(format!("rewriting UNNEST produced `{derived}`: {e}"))
             })?;
@@ -261,12 +278,20 @@ impl Rewriter {
                 let _ = visit_expressions_mut(e, |e: &mut Expr| {
                     match e {
                         Expr::Identifier(id) if id.value == alias.value => {
-                            *e = Expr::CompoundIdentifier(vec![left_name.clone(), id.clone()]);
+                            *e = if undefined {
+                                Expr::value(Value::Null)
+                            } else {
+                                Expr::CompoundIdentifier(vec![left_name.clone(), id.clone()])
+                            };
                         }
                         Expr::CompoundIdentifier(parts)
                             if parts.first().is_some_and(|p| p.value == alias.value) =>
                         {
-                            parts.insert(0, left_name.clone());
+                            if undefined {
+                                *e = Expr::value(Value::Null);
+                            } else {
+                                parts.insert(0, left_name.clone());
+                            }
                         }
                         _ => {}
                     }
@@ -341,6 +366,11 @@ impl VisitorMut for Rewriter {
                     }
                 }
             }
+            Expr::Function(_) => match rename_function(expr) {
+                Some(Ok(e)) => *expr = e,
+                Some(Err(e)) => return self.fail(e),
+                None => {}
+            },
             Expr::InSubquery { .. } => match self.in_unnest_subquery(expr) {
                 Some(Ok(e)) => *expr = e,
                 Some(Err(e)) => return self.fail(e),
@@ -355,6 +385,9 @@ impl VisitorMut for Rewriter {
         let SetExpr::Select(select) = query.body.as_mut() else {
             return ControlFlow::Continue(());
         };
+        if let Some(w) = select.selection.as_mut() {
+            numeric_condition(w);
+        }
         if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by
             && exprs.iter().any(|e| matches!(e, Expr::Tuple(_)))
         {
@@ -379,6 +412,73 @@ impl VisitorMut for Rewriter {
             return self.fail(e);
         }
         ControlFlow::Continue(())
+    }
+}
+
+/// The names of the statement's CTEs (for "did you mean" in errors).
+pub fn cte_names(statement: &mut Statement) -> Vec<String> {
+    struct Ctes(Vec<String>);
+    impl VisitorMut for Ctes {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
+            if let Some(w) = &q.with {
+                self.0
+                    .extend(w.cte_tables.iter().map(|c| c.alias.name.value.clone()));
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut c = Ctes(Vec::new());
+    let _ = statement.visit(&mut c);
+    c.0
+}
+
+/// Rockset functions that are DataFusion functions under another name or form.
+fn rename_function(expr: &mut Expr) -> Option<Result<Expr, TarnError>> {
+    let Expr::Function(f) = expr else { return None };
+    let name = f.name.to_string().to_ascii_lowercase();
+    let datafusion::sql::sqlparser::ast::FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let args: Vec<String> = list.args.iter().map(|a| a.to_string()).collect();
+    let sql = match (name.as_str(), args.as_slice()) {
+        ("timestamp_millis", [a]) => format!("to_timestamp_millis({a})"),
+        ("timestamp_micros", [a]) => format!("to_timestamp_micros({a})"),
+        ("timestamp_seconds", [a]) => format!("to_timestamp_seconds({a})"),
+        ("parse_timestamp_iso8601", [a]) => format!("to_timestamp({a})"),
+        ("format_iso8601", [a]) => format!("to_char({a}, '%Y-%m-%dT%H:%M:%S%.6fZ')"),
+        ("array_contains", [a, b]) => format!("array_has({a}, {b})"),
+        ("regexp_extract", [s, p]) => format!("regexp_match({s}, {p})[1]"),
+        _ => return None,
+    };
+    Some(parse_expr(&sql))
+}
+
+/// Rockset accepts a number as a condition (`WHERE CAST(x AS INT)`): true when non-zero.
+fn numeric_condition(e: &mut Expr) {
+    match e {
+        Expr::BinaryOp {
+            op: datafusion::sql::sqlparser::ast::BinaryOperator::And,
+            left,
+            right,
+        } => {
+            numeric_condition(left);
+            numeric_condition(right);
+        }
+        Expr::Cast {
+            data_type:
+                DataType::BigInt(_)
+                | DataType::Int(_)
+                | DataType::Integer(_)
+                | DataType::Double(_)
+                | DataType::Float(_),
+            ..
+        } => {
+            if let Ok(new) = parse_expr(&format!("({e}) <> 0")) {
+                *e = new;
+            }
+        }
+        _ => {}
     }
 }
 

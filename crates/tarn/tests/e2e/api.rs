@@ -327,3 +327,36 @@ fn retention_drops_old_documents() {
     );
     assert_eq!(s.query("SELECT _id FROM r"), vec![json!({"_id": "new"})]);
 }
+
+#[test]
+fn undefined_paths_are_null_with_a_warning_and_parameters_are_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &[]);
+    s.create_collection("commons", json!({"name": "twitter-kinesis-demo"}));
+    s.add_docs(
+        "commons",
+        "twitter-kinesis-demo",
+        &[json!({"entities": {"hashtags": [{"text": "music"}, {"text": "pop"}]}, "user": {"screen_name": "amy"}})],
+    );
+    let sql = "SELECT hashtags.text AS hashtag, count(*) AS n FROM \"twitter-kinesis-demo\" t, unnest(t.entites.hashtags) hashtags GROUP BY hashtags.text";
+    let (st, body) = s.post(&format!("{V1}/queries"), &json!({"sql": {"query": sql}}));
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["results"], json!([]));
+    assert_eq!(
+        body["warnings"],
+        json!([
+            "t.entites.hashtags does not occur in twitter-kinesis-demo; did you mean t.entities.hashtags?"
+        ])
+    );
+    let sql = "SELECT ht.text FROM \"twitter-kinesis-demo\" t, unnest(t.entities.hashtags) ht WHERE ht.text != :tag";
+    let (st, body) = s.post(
+        &format!("{V1}/queries"),
+        &json!({"sql": {"query": sql, "parameters": [{"name": "tag", "type": "string", "value": "music"}]}}),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["results"], json!([{"text": "pop"}]));
+    assert!(
+        body.get("warnings").is_none(),
+        "no warnings key when there are none: {body}"
+    );
+}

@@ -1,0 +1,252 @@
+//! Undefined paths: a path no document has is NULL in Rockset, not an error; tarn also warns.
+//!
+//! Before planning, every path qualified by a collection's alias (`t.entites.hashtags`) is
+//! checked against that collection's schema. A path that leaves the schema is replaced by
+//! `NULL`, and a warning names it and suggests the nearest known path. Paths that go through
+//! an array or a variant cannot be checked and are left alone.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::sql::sqlparser::ast::{
+    Expr, ObjectNamePart, Query, SetExpr, Statement, TableFactor, Value, VisitMut, VisitorMut,
+    visit_expressions_mut,
+};
+use tarn_storage::types::{NULLS, is_variant};
+
+/// Looks up a collection's schema by optional workspace and name.
+pub type Resolver<'a> = &'a dyn Fn(Option<&str>, &str) -> Option<SchemaRef>;
+
+struct Table {
+    name: String,
+    schema: SchemaRef,
+}
+
+struct Checker<'a> {
+    resolve: Resolver<'a>,
+    warnings: Vec<String>,
+}
+
+/// Whether `parts` (after the alias) stay inside the schema; `None` when it cannot be told.
+fn path_defined(schema: &SchemaRef, parts: &[String]) -> Option<bool> {
+    let Some((first, rest)) = parts.split_first() else {
+        return Some(true);
+    };
+    let Ok(field) = schema.field_with_name(first) else {
+        return Some(false);
+    };
+    let mut dt = field.data_type().clone();
+    for p in rest {
+        match &dt {
+            DataType::Struct(fields) if !is_variant(&dt) => match fields.find(p) {
+                Some((_, f)) => dt = f.data_type().clone(),
+                None => return Some(false),
+            },
+            DataType::Null => return Some(false),
+            _ => return None,
+        }
+    }
+    Some(true)
+}
+
+/// Every dotted path of a schema, for suggestions.
+fn known_paths(schema: &SchemaRef) -> Vec<String> {
+    fn walk(prefix: &str, dt: &DataType, out: &mut Vec<String>) {
+        if let DataType::Struct(fields) = dt
+            && !is_variant(dt)
+        {
+            for f in fields.iter() {
+                let p = format!("{prefix}.{}", f.name());
+                out.push(p.clone());
+                walk(&p, f.data_type(), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for f in schema.fields().iter().filter(|f| f.name() != NULLS) {
+        out.push(f.name().clone());
+        walk(f.name(), f.data_type(), &mut out);
+    }
+    out
+}
+
+/// Levenshtein distance, for "did you mean".
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + (ca != *cb) as usize).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// The nearest candidate within a small distance.
+pub fn nearest<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c String>,
+) -> Option<&'c String> {
+    let limit = (word.len() / 3).max(2);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+impl Checker<'_> {
+    fn tables_of(&self, query: &Query) -> HashMap<String, Table> {
+        let mut out = HashMap::new();
+        let SetExpr::Select(select) = query.body.as_ref() else {
+            return out;
+        };
+        let ctes: Vec<String> = query
+            .with
+            .iter()
+            .flat_map(|w| w.cte_tables.iter().map(|c| c.alias.name.value.clone()))
+            .collect();
+        for twj in &select.from {
+            let factors =
+                std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation));
+            for f in factors {
+                let TableFactor::Table {
+                    name,
+                    alias,
+                    args: None,
+                    ..
+                } = f
+                else {
+                    continue;
+                };
+                let parts: Vec<String> = name
+                    .0
+                    .iter()
+                    .filter_map(ObjectNamePart::as_ident)
+                    .map(|i| i.value.clone())
+                    .collect();
+                let (ws, coll) = match parts.as_slice() {
+                    [c] if !ctes.contains(c) => (None, c.clone()),
+                    [w, c] => (Some(w.clone()), c.clone()),
+                    _ => continue,
+                };
+                let Some(schema) = (self.resolve)(ws.as_deref(), &coll) else {
+                    continue;
+                };
+                let key = alias
+                    .as_ref()
+                    .map_or_else(|| coll.clone(), |a| a.name.value.clone());
+                out.insert(key, Table { name: coll, schema });
+            }
+        }
+        out
+    }
+}
+
+impl VisitorMut for Checker<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        let tables = self.tables_of(query);
+        if tables.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        let SetExpr::Select(select) = query.body.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        let mut warnings = Vec::new();
+        let _ = visit_expressions_mut(select.as_mut(), |e: &mut Expr| {
+            if let Expr::CompoundIdentifier(idents) = e
+                && let Some(table) = tables.get(&idents[0].value)
+            {
+                let parts: Vec<String> = idents[1..].iter().map(|i| i.value.clone()).collect();
+                if path_defined(&table.schema, &parts) == Some(false) {
+                    let alias = &idents[0].value;
+                    let written = format!("{alias}.{}", parts.join("."));
+                    let known: Vec<String> = known_paths(&table.schema)
+                        .into_iter()
+                        .map(|p| format!("{alias}.{p}"))
+                        .collect();
+                    let mut w = format!("{written} does not occur in {}", table.name);
+                    if let Some(s) = nearest(&written, &known) {
+                        w.push_str(&format!("; did you mean {s}?"));
+                    }
+                    if !warnings.contains(&w) {
+                        warnings.push(w);
+                    }
+                    *e = Expr::value(Value::Null);
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        self.warnings.extend(warnings);
+        ControlFlow::Continue(())
+    }
+}
+
+/// Replaces undefined collection paths by NULL; returns the warnings to show the user.
+pub fn replace_undefined_paths(statement: &mut Statement, resolve: Resolver) -> Vec<String> {
+    let mut c = Checker {
+        resolve,
+        warnings: Vec::new(),
+    };
+    let _ = statement.visit(&mut c);
+    c.warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect::RocksetDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    use std::sync::Arc;
+
+    #[test]
+    fn misspelt_paths_become_null_with_a_suggestion() {
+        let schema: SchemaRef = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new(
+                "entities",
+                DataType::Struct(
+                    vec![datafusion::arrow::datatypes::Field::new(
+                        "hashtags",
+                        DataType::Utf8,
+                        true,
+                    )]
+                    .into(),
+                ),
+                true,
+            ),
+        ]));
+        let resolve = move |_: Option<&str>, n: &str| (n == "tw").then(|| schema.clone());
+        let mut stmt = Parser::parse_sql(
+            &RocksetDialect,
+            "SELECT t.entites.hashtags, t.entities.hashtags FROM tw t",
+        )
+        .unwrap()
+        .remove(0);
+        let w = replace_undefined_paths(&mut stmt, &resolve);
+        assert_eq!(
+            w,
+            vec!["t.entites.hashtags does not occur in tw; did you mean t.entities.hashtags?"]
+        );
+        assert_eq!(
+            stmt.to_string(),
+            "SELECT NULL, t.entities.hashtags FROM tw t"
+        );
+    }
+
+    #[test]
+    fn distance() {
+        assert_eq!(edit_distance("lastest_hashtags", "latest_hashtags"), 1);
+        assert_eq!(
+            nearest("latest", &["lastest".to_string(), "other".to_string()]).map(String::as_str),
+            Some("lastest")
+        );
+    }
+}
