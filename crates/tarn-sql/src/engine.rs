@@ -116,12 +116,13 @@ impl QueryEngine {
 }
 
 impl QueryEngine {
-    /// Parses under the Rockset dialect and plans through DataFusion.
-    async fn plan(
+    /// The dialect layer alone: parses under the Rockset dialect, replaces undefined paths
+    /// and applies the rewrites. Returns the statement, the warnings and the CTE names.
+    pub fn dialect(
         &self,
         sql: &str,
         params: &[QueryParameter],
-    ) -> TarnResult<(datafusion::dataframe::DataFrame, Vec<String>)> {
+    ) -> TarnResult<(datafusion::sql::parser::Statement, Vec<String>, Vec<String>)> {
         let mut statements =
             datafusion::sql::parser::DFParser::parse_sql_with_dialect(sql, &RocksetDialect)
                 .map_err(|e| query_error(e, sql, &[]))?;
@@ -151,6 +152,16 @@ impl QueryEngine {
             warnings = crate::paths::replace_undefined_paths(s, &resolve);
             crate::rewrite::rewrite(s, params)?;
         }
+        Ok((statement, warnings, ctes))
+    }
+
+    /// Runs the dialect layer, then plans through DataFusion.
+    async fn plan(
+        &self,
+        sql: &str,
+        params: &[QueryParameter],
+    ) -> TarnResult<(datafusion::dataframe::DataFrame, Vec<String>)> {
+        let (statement, warnings, ctes) = self.dialect(sql, params)?;
         let err = |e| query_error(e, sql, &ctes);
         let state = self.ctx.state();
         let plan = state.statement_to_plan(statement).await.map_err(err)?;

@@ -185,6 +185,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.docs, window_ms
     );
 
+    // 2a. The tutorial's six queries (typos fixed) and the dialect layer's share of planning.
+    let engine = QueryEngine::new(storage.clone());
+    for (name, sql) in crate::demo::TUTORIAL_QUERIES {
+        let sql = sql.replace("\"twitter-kinesis-demo\"", "bench");
+        let mut run_ms = Vec::new();
+        let mut dialect_ms = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            engine_query(&engine, &sql).await?;
+            run_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            engine.dialect(&sql, &[])?;
+            dialect_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        println!(
+            "{name}: median {:.2} ms; dialect layer (parse, paths, rewrites) median {:.3} ms",
+            median(&mut run_ms),
+            median(&mut dialect_ms)
+        );
+    }
+
     // 2b. The same window count over many small documents (10 million by default).
     if args.window_docs > 0 {
         let (count_ms, load_secs) =
@@ -287,6 +308,16 @@ async fn window_at_scale(dir: &Path, n: usize, now_ms: i64) -> anyhow::Result<(f
     let count_ms = median_window_count_ms(&QueryEngine::new(storage.clone()), "w", now_ms).await?;
     storage.close();
     Ok((count_ms, load_secs))
+}
+
+async fn engine_query(engine: &QueryEngine, sql: &str) -> anyhow::Result<()> {
+    engine
+        .query(&QueryRequest {
+            sql: sql.to_owned(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
 }
 
 /// The median time of 30 one-minute `_event_time` window counts spread over the last day.

@@ -12,6 +12,45 @@ use crate::{DemoArgs, serve};
 
 pub const DEMO_COLLECTION: &str = "twitter-kinesis-demo";
 
+/// The tutorial's dashboard queries, with its two typos fixed.
+pub const TUTORIAL_QUERIES: [(&str, &str); 6] = [
+    (
+        "Live Tweets",
+        "SELECT t.timestamp_ms, t.created_at AS created_at, t.text AS text, t.user.screen_name AS screen_name \
+         FROM \"twitter-kinesis-demo\" t WHERE CAST(timestamp_ms AS INT) > UNIX_MILLIS(current_timestamp() - minutes(1)) \
+         ORDER BY timestamp_ms DESC LIMIT 100",
+    ),
+    (
+        "Top Hashtags",
+        "WITH latest_hashtags AS (SELECT lower(ht.text) AS hashtag FROM \"twitter-kinesis-demo\" t, \
+         unnest(t.extended_tweet.entities.hashtags) ht \
+         WHERE CAST(t.timestamp_ms AS INT) > UNIX_MILLIS(current_timestamp() - hours(1))) \
+         SELECT count(hashtag) AS tweet_count, hashtag FROM latest_hashtags GROUP BY hashtag ORDER BY tweet_count DESC LIMIT 10",
+    ),
+    (
+        "Incoming Tweets",
+        "SELECT count(*) FROM \"twitter-kinesis-demo\" WHERE cast(timestamp_ms AS INT) > unix_millis(current_timestamp() - seconds(2))",
+    ),
+    (
+        "Influencers",
+        "SELECT t.user.screen_name, t.user.followers_count AS fc FROM \"twitter-kinesis-demo\" t \
+         WHERE 'music' IN (SELECT hashtags.text FROM unnest(t.entities.hashtags) hashtags) \
+         GROUP BY (t.user.screen_name, t.user.followers_count) ORDER BY t.user.followers_count DESC LIMIT 5",
+    ),
+    (
+        "Related Hashtags",
+        "SELECT hashtags.text as hashtag, count(*) AS occurence_count FROM \"twitter-kinesis-demo\" t, \
+         unnest(t.entities.hashtags) hashtags WHERE 'music' IN (SELECT ht.text FROM unnest(t.entities.hashtags) ht) \
+         AND hashtags.text != 'music' GROUP BY hashtags.text ORDER BY occurence_count DESC LIMIT 10",
+    ),
+    (
+        "Live Tweets for #music",
+        "SELECT t.timestamp_ms, t.text AS text, t.user.screen_name AS screen_name FROM \"twitter-kinesis-demo\" t \
+         WHERE 'music' IN (SELECT ht.text FROM unnest(t.entities.hashtags) ht) \
+         AND CAST(timestamp_ms AS INT) > UNIX_MILLIS(current_timestamp() - minutes(1)) ORDER BY timestamp_ms DESC LIMIT 100",
+    ),
+];
+
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let rate = args.rate.max(1);
     serve(
