@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod produce;
 mod tweets;
 
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ enum Command {
     Serve(ServeArgs),
     /// Run the server with the collection `twitter-kinesis-demo` fed by generated tweets.
     Demo(DemoArgs),
+    /// Produce generated data: `tarn produce tweets SINK`.
+    Produce(produce::ProduceArgs),
     /// Measure ingest, freshness and window queries; compare loading with DuckDB and chDB.
     Bench(bench::BenchArgs),
 }
@@ -83,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => rt.block_on(serve(args, None)),
         Command::Demo(args) => rt.block_on(demo::run(args)),
         Command::Bench(args) => rt.block_on(bench::run(args)),
+        Command::Produce(args) => produce::run(args),
     }
 }
 

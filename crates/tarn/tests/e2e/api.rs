@@ -360,3 +360,56 @@ fn undefined_paths_are_null_with_a_warning_and_parameters_are_typed() {
         "no warnings key when there are none: {body}"
     );
 }
+
+#[test]
+fn produce_tweets_to_stdout_and_into_a_collection() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args([
+            "produce", "tweets", "-", "--count", "25", "--rate", "1000", "--seed", "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 25);
+    assert!(
+        lines
+            .iter()
+            .all(|t| t["timestamp_ms"].is_string() && t["user"]["screen_name"].is_string())
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), &[]);
+    s.create_collection("commons", json!({"name": "tw"}));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args([
+            "produce",
+            "tweets",
+            &format!("{}/tw", s.base),
+            "--count",
+            "40",
+            "--rate",
+            "2000",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        s.query("SELECT count(*) AS n FROM tw"),
+        vec![json!({"n": 40})]
+    );
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args(["produce", "tweets", "ftp://x"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown sink"));
+}
