@@ -187,6 +187,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // 2a. The tutorial's six queries (typos fixed) and the dialect layer's share of planning.
     let engine = QueryEngine::new(storage.clone());
+    let mut tarn_ms: Vec<(&str, f64)> = Vec::new();
     for (name, sql) in crate::demo::TUTORIAL_QUERIES {
         let sql = sql.replace("\"twitter-kinesis-demo\"", "bench");
         let mut run_ms = Vec::new();
@@ -199,9 +200,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             engine.dialect(&sql, &[])?;
             dialect_ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        let run = median(&mut run_ms);
+        tarn_ms.push((name, run));
         println!(
-            "{name}: median {:.2} ms; dialect layer (parse, paths, rewrites) median {:.3} ms",
-            median(&mut run_ms),
+            "{name}: median {run:.2} ms; dialect layer (parse, paths, rewrites) median {:.3} ms",
             median(&mut dialect_ms)
         );
     }
@@ -234,20 +236,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.python.exists() {
         let out = std::process::Command::new(&args.python)
             .arg("-c")
-            .arg(PY_LOAD)
+            .arg(PY_PEERS)
             .arg(&ndjson)
             .output()
             .context("running the DuckDB/chDB loader")?;
         let report = String::from_utf8_lossy(&out.stdout);
         for line in report.lines() {
-            if let Some((name, secs)) = line.split_once(' ')
-                && let Ok(secs) = secs.trim().parse::<f64>()
-            {
-                let rate = mb / secs;
-                println!(
-                    "{name} load: {rate:.1} MB/s; tarn storage ingest / {name} = {:.2}",
-                    storage_mbps / rate
-                );
+            let fields: Vec<&str> = line.splitn(4, ' ').collect();
+            match fields.as_slice() {
+                ["load", peer, secs] => {
+                    if let Ok(secs) = secs.trim().parse::<f64>() {
+                        let rate = mb / secs;
+                        println!(
+                            "{peer} load: {rate:.1} MB/s; tarn storage ingest / {peer} = {:.2}",
+                            storage_mbps / rate
+                        );
+                    }
+                }
+                ["query", peer, ms, name] => {
+                    if let (Ok(ms), Some((_, ours))) =
+                        (ms.parse::<f64>(), tarn_ms.iter().find(|(n, _)| n == name))
+                    {
+                        println!(
+                            "{name}: {peer} median {ms:.2} ms; tarn {ours:.2} ms; tarn is {:.1}x faster",
+                            ms / ours
+                        );
+                    }
+                }
+                _ => {}
             }
         }
         if !out.status.success() {
@@ -345,25 +361,49 @@ async fn median_window_count_ms(
     Ok(median(&mut times))
 }
 
-const PY_LOAD: &str = r#"
-import sys, time, tempfile, os
+const PY_PEERS: &str = r#"
+import sys, time, tempfile, statistics
 path = sys.argv[1]
+DUCK = {
+ "Live Tweets": "SELECT timestamp_ms, created_at, text, \"user\".screen_name AS screen_name FROM t WHERE CAST(timestamp_ms AS BIGINT) > epoch_ms(now()) - 60000 ORDER BY timestamp_ms DESC LIMIT 100",
+ "Top Hashtags": "SELECT count(*) AS tweet_count, hashtag FROM (SELECT lower(unnest(extended_tweet.entities.hashtags).text) AS hashtag FROM t WHERE CAST(timestamp_ms AS BIGINT) > epoch_ms(now()) - 3600000) GROUP BY hashtag ORDER BY tweet_count DESC LIMIT 10",
+ "Incoming Tweets": "SELECT count(*) FROM t WHERE CAST(timestamp_ms AS BIGINT) > epoch_ms(now()) - 2000",
+ "Influencers": "SELECT \"user\".screen_name, \"user\".followers_count AS fc FROM t WHERE list_contains(list_transform(entities.hashtags, lambda x: x.text), 'music') GROUP BY 1, 2 ORDER BY 2 DESC LIMIT 5",
+ "Related Hashtags": "SELECT h AS hashtag, count(*) AS c FROM (SELECT unnest(list_transform(entities.hashtags, lambda x: x.text)) AS h FROM t WHERE list_contains(list_transform(entities.hashtags, lambda x: x.text), 'music')) WHERE h != 'music' GROUP BY 1 ORDER BY 2 DESC LIMIT 10",
+ "Live Tweets for #music": "SELECT timestamp_ms, text, \"user\".screen_name FROM t WHERE list_contains(list_transform(entities.hashtags, lambda x: x.text), 'music') AND CAST(timestamp_ms AS BIGINT) > epoch_ms(now()) - 60000 ORDER BY timestamp_ms DESC LIMIT 100",
+}
+TAGS = "arrayMap(x -> tupleElement(x, 'text'), tupleElement(entities, 'hashtags'))"
+CH = {
+ "Live Tweets": "SELECT timestamp_ms, created_at, text, tupleElement(user, 'screen_name') FROM t WHERE toInt64(timestamp_ms) > toUnixTimestamp64Milli(now64(3)) - 60000 ORDER BY timestamp_ms DESC LIMIT 100",
+ "Top Hashtags": "SELECT count(*) AS tweet_count, lower(h) AS hashtag FROM t ARRAY JOIN arrayMap(x -> tupleElement(x, 'text'), tupleElement(tupleElement(extended_tweet, 'entities'), 'hashtags')) AS h WHERE toInt64(timestamp_ms) > toUnixTimestamp64Milli(now64(3)) - 3600000 GROUP BY hashtag ORDER BY tweet_count DESC LIMIT 10",
+ "Incoming Tweets": "SELECT count(*) FROM t WHERE toInt64(timestamp_ms) > toUnixTimestamp64Milli(now64(3)) - 2000",
+ "Influencers": f"SELECT tupleElement(user, 'screen_name') AS sn, tupleElement(user, 'followers_count') AS fc FROM t WHERE has({TAGS}, 'music') GROUP BY sn, fc ORDER BY fc DESC LIMIT 5",
+ "Related Hashtags": f"SELECT h AS hashtag, count(*) AS c FROM t ARRAY JOIN {TAGS} AS h WHERE has({TAGS}, 'music') AND h != 'music' GROUP BY h ORDER BY c DESC LIMIT 10",
+ "Live Tweets for #music": f"SELECT timestamp_ms, text, tupleElement(user, 'screen_name') FROM t WHERE has({TAGS}, 'music') AND toInt64(timestamp_ms) > toUnixTimestamp64Milli(now64(3)) - 60000 ORDER BY timestamp_ms DESC LIMIT 100",
+}
+def timed(run, n=10):
+    times = []
+    for _ in range(n):
+        s = time.perf_counter(); run(); times.append((time.perf_counter() - s) * 1000)
+    return statistics.median(times)
 try:
     import duckdb
     con = duckdb.connect()
-    t = time.time()
+    s = time.time()
     con.execute(f"CREATE TABLE t AS SELECT * FROM read_json_auto('{path}', format='newline_delimited', maximum_object_size=100000000)")
-    print("duckdb", time.time() - t)
+    print("load duckdb", time.time() - s, flush=True)
+    for name, q in DUCK.items():
+        print("query duckdb", timed(lambda: con.execute(q).fetchall()), name, flush=True)
 except Exception as e:
     print("duckdb-error", e, file=sys.stderr)
 try:
-    import chdb
     from chdb import session
-    d = tempfile.mkdtemp()
-    s = session.Session(d)
-    t = time.time()
-    s.query("CREATE TABLE t ENGINE = MergeTree ORDER BY tuple() AS SELECT * FROM file('" + path + "', 'JSONEachRow') SETTINGS input_format_json_read_objects_as_strings=1")
-    print("chdb", time.time() - t)
+    sess = session.Session(tempfile.mkdtemp())
+    s = time.time()
+    sess.query("CREATE TABLE t ENGINE = MergeTree ORDER BY tuple() AS SELECT * FROM file('" + path + "', 'JSONEachRow')")
+    print("load chdb", time.time() - s, flush=True)
+    for name, q in CH.items():
+        print("query chdb", timed(lambda: sess.query(q)), name, flush=True)
 except Exception as e:
     print("chdb-error", e, file=sys.stderr)
 "#;
