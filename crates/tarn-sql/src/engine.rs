@@ -171,12 +171,20 @@ impl QueryEngine {
 }
 
 /// Rockset names an unaliased path by its last component and an unaliased aggregate `?fn`.
+/// Two columns never share a name: a repeated name gets a number (`?count`, `?count1`).
 fn output_names(schema: &datafusion::arrow::datatypes::Schema) -> Vec<String> {
-    schema
-        .fields()
-        .iter()
-        .map(|f| rockset_name(f.name(), f.data_type()))
-        .collect()
+    let mut names: Vec<String> = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let base = rockset_name(f.name(), f.data_type());
+        let mut name = base.clone();
+        let mut n = 1;
+        while names.contains(&name) {
+            name = format!("{base}{n}");
+            n += 1;
+        }
+        names.push(name);
+    }
+    names
 }
 
 fn rockset_name(name: &str, _dt: &DataType) -> String {

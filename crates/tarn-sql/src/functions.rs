@@ -1,8 +1,11 @@
-//! Rockset's scalar functions that DataFusion lacks: `UNIX_MILLIS` and friends, `MINUTES(n)`...
+//! Rockset's scalar functions that DataFusion lacks: `UNIX_MILLIS` and friends, `MINUTES(n)`,
+//! `TYPEOF`, `JSON_FORMAT` and `JSON_PARSE`.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, IntervalMonthDayNanoArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, IntervalMonthDayNanoArray, StringArray,
+};
 use datafusion::arrow::datatypes::{
     DataType, IntervalMonthDayNanoType, TimeUnit, TimestampMicrosecondType,
 };
@@ -126,6 +129,94 @@ impl ScalarUDFImpl for IntervalOf {
     }
 }
 
+/// `TYPEOF(x)`: Rockset's type name (`int`, `string`, `object`...), per value for variants.
+/// `JSON_FORMAT(x)`: any value as JSON text. `JSON_PARSE(s)`: JSON text as a value.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonFn {
+    name: &'static str,
+    signature: Signature,
+}
+
+fn json_type_name(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => "int",
+        serde_json::Value::Number(_) => "float",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+impl ScalarUDFImpl for JsonFn {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(match self.name {
+            "json_parse" => tarn_storage::types::variant_type(),
+            _ => DataType::Utf8,
+        })
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use tarn_storage::to_json::value_at;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let arr = &arrays[0];
+        let mut path = String::new();
+        let out: ArrayRef = match self.name {
+            "typeof" => {
+                let dt = arr.data_type();
+                let names: StringArray = (0..arr.len())
+                    .map(|row| {
+                        Some(if arr.is_null(row) {
+                            "null"
+                        } else if tarn_storage::types::is_variant(dt) {
+                            value_at(arr, row, &mut path, None)
+                                .as_ref()
+                                .map_or("null", json_type_name)
+                        } else {
+                            tarn_storage::types::rockset_type_name(dt)
+                        })
+                    })
+                    .collect();
+                Arc::new(names)
+            }
+            "json_format" => {
+                let texts: StringArray = (0..arr.len())
+                    .map(|row| {
+                        Some(
+                            value_at(arr, row, &mut path, None)
+                                .unwrap_or(serde_json::Value::Null)
+                                .to_string(),
+                        )
+                    })
+                    .collect();
+                Arc::new(texts)
+            }
+            _ => {
+                let text = datafusion::arrow::compute::cast(arr, &DataType::Utf8)?;
+                let text = text.as_string::<i32>();
+                for (row, t) in text.iter().enumerate() {
+                    if let Some(t) = t
+                        && let Err(e) = serde_json::from_str::<serde_json::Value>(t)
+                    {
+                        return exec_err!(
+                            "JSON_PARSE: row {} is not valid JSON ({e}): {t}",
+                            row + 1
+                        );
+                    }
+                }
+                tarn_storage::build::variant_array(text.clone())
+            }
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
 /// Registers tarn's functions in a session.
 pub fn register(ctx: &SessionContext) {
     for udf in [
@@ -136,6 +227,18 @@ pub fn register(ctx: &SessionContext) {
         ScalarUDF::from(IntervalOf::new("minutes", 0, 60_000_000_000)),
         ScalarUDF::from(IntervalOf::new("hours", 0, 3_600_000_000_000)),
         ScalarUDF::from(IntervalOf::new("days", 1, 0)),
+        ScalarUDF::from(JsonFn {
+            name: "typeof",
+            signature: Signature::any(1, Volatility::Immutable),
+        }),
+        ScalarUDF::from(JsonFn {
+            name: "json_format",
+            signature: Signature::any(1, Volatility::Immutable),
+        }),
+        ScalarUDF::from(JsonFn {
+            name: "json_parse",
+            signature: Signature::any(1, Volatility::Immutable),
+        }),
     ] {
         ctx.register_udf(udf);
     }
