@@ -123,9 +123,12 @@ impl QueryEngine {
         sql: &str,
         params: &[QueryParameter],
     ) -> TarnResult<(datafusion::sql::parser::Statement, Vec<String>, Vec<String>)> {
-        let mut statements =
-            datafusion::sql::parser::DFParser::parse_sql_with_dialect(sql, &RocksetDialect)
-                .map_err(|e| query_error(e, sql, &[]))?;
+        let preprocessed = crate::rewrite::preprocess(sql);
+        let mut statements = datafusion::sql::parser::DFParser::parse_sql_with_dialect(
+            &preprocessed,
+            &RocksetDialect,
+        )
+        .map_err(|e| query_error(e, sql, &[]))?;
         let mut statement = match (statements.pop_front(), statements.is_empty()) {
             (Some(s), true) => s,
             (None, _) => return Err(TarnError::query("the query is empty")),

@@ -108,8 +108,33 @@ impl Rewriter {
     }
 }
 
+/// The name [`preprocess`] gives `UNNEST(arr AS v [WITH ORDINALITY AS i])`.
+const UNNEST_AS: &str = "__unnest_as";
+
+/// An unnest in a FROM clause.
+struct Unnest {
+    array: Expr,
+    alias: Option<Ident>,
+    /// Rockset's `AS v`: the element is read as `alias.v`.
+    value: Option<String>,
+    /// Rockset's `WITH ORDINALITY AS i`: the 1-based position is `alias.i`.
+    ordinality: Option<String>,
+}
+
+fn string_arg(a: &datafusion::sql::sqlparser::ast::FunctionArg) -> Option<String> {
+    match a {
+        datafusion::sql::sqlparser::ast::FunctionArg::Unnamed(
+            datafusion::sql::sqlparser::ast::FunctionArgExpr::Expr(Expr::Value(v)),
+        ) => match &v.value {
+            Value::SingleQuotedString(s) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// `unnest(<expr>) [alias]` as a table factor, whichever way sqlparser parsed it.
-fn as_unnest(f: &TableFactor) -> Option<(Expr, Option<Ident>)> {
+fn as_unnest(f: &TableFactor) -> Option<Unnest> {
     match f {
         TableFactor::UNNEST {
             alias,
@@ -117,30 +142,120 @@ fn as_unnest(f: &TableFactor) -> Option<(Expr, Option<Ident>)> {
             with_offset: false,
             with_ordinality: false,
             ..
-        } if array_exprs.len() == 1 => Some((
-            array_exprs[0].clone(),
-            alias.as_ref().map(|a| a.name.clone()),
-        )),
+        } if array_exprs.len() == 1 => Some(Unnest {
+            array: array_exprs[0].clone(),
+            alias: alias.as_ref().map(|a| a.name.clone()),
+            value: None,
+            ordinality: None,
+        }),
         TableFactor::Table {
             name,
             alias,
             args: Some(args),
             ..
-        } if name.0.len() == 1
-            && name.0[0]
-                .as_ident()
-                .is_some_and(|i| i.value.eq_ignore_ascii_case("unnest"))
-            && args.args.len() == 1 =>
-        {
-            match &args.args[0] {
+        } if name.0.len() == 1 => {
+            let fname = name.0[0].as_ident()?.value.to_ascii_lowercase();
+            let array = match args.args.first()? {
                 datafusion::sql::sqlparser::ast::FunctionArg::Unnamed(
                     datafusion::sql::sqlparser::ast::FunctionArgExpr::Expr(e),
-                ) => Some((e.clone(), alias.as_ref().map(|a| a.name.clone()))),
+                ) => e.clone(),
+                _ => return None,
+            };
+            let alias = alias.as_ref().map(|a| a.name.clone());
+            match (fname.as_str(), args.args.len()) {
+                ("unnest", 1) => Some(Unnest {
+                    array,
+                    alias,
+                    value: None,
+                    ordinality: None,
+                }),
+                (UNNEST_AS, 2 | 3) => Some(Unnest {
+                    array,
+                    alias,
+                    value: Some(string_arg(&args.args[1])?),
+                    ordinality: args.args.get(2).and_then(string_arg),
+                }),
                 _ => None,
             }
         }
         _ => None,
     }
+}
+
+/// Rewrites Rockset's `UNNEST(arr AS v [WITH ORDINALITY AS i])`, which sqlparser cannot
+/// parse, into `__unnest_as(arr, 'v'[, 'i'])` on the token stream, before parsing.
+pub fn preprocess(sql: &str) -> String {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&RocksetDialect, sql).tokenize() else {
+        return sql.to_owned();
+    };
+    let is_word = |t: &Token, w: &str| matches!(t, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w));
+    let significant = |i: usize| !matches!(tokens[i], Token::Whitespace(_));
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        if is_word(&tokens[i], "unnest") {
+            // Find the opening parenthesis and its match.
+            let open = (i + 1..tokens.len()).find(|&j| significant(j));
+            if let Some(open) = open.filter(|&o| tokens[o] == Token::LParen) {
+                let mut depth = 0;
+                let mut close = None;
+                for (j, t) in tokens.iter().enumerate().skip(open) {
+                    match t {
+                        Token::LParen => depth += 1,
+                        Token::RParen => {
+                            depth -= 1;
+                            if depth == 0 {
+                                close = Some(j);
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(close) = close {
+                    let inner: Vec<usize> = (open + 1..close).filter(|&j| significant(j)).collect();
+                    let n = inner.len();
+                    let word = |k: usize| match &tokens[inner[k]] {
+                        Token::Word(w) => Some(w.value.clone()),
+                        _ => None,
+                    };
+                    // ... AS v WITH ORDINALITY AS i   or   ... AS v
+                    let (cut, value, ordinality) = if n >= 7
+                        && is_word(&tokens[inner[n - 6]], "as")
+                        && is_word(&tokens[inner[n - 4]], "with")
+                        && is_word(&tokens[inner[n - 3]], "ordinality")
+                        && is_word(&tokens[inner[n - 2]], "as")
+                    {
+                        (inner[n - 6], word(n - 5), word(n - 1))
+                    } else if n >= 3 && is_word(&tokens[inner[n - 2]], "as") {
+                        (inner[n - 2], word(n - 1), None)
+                    } else {
+                        (0, None, None)
+                    };
+                    if let Some(value) = value.filter(|_| cut > 0) {
+                        out.push_str(UNNEST_AS);
+                        out.push('(');
+                        let array: String = tokens[open + 1..cut]
+                            .iter()
+                            .map(|t| t.to_string())
+                            .collect();
+                        out.push_str(array.trim());
+                        out.push_str(&format!(", {}", quote(&value)));
+                        if let Some(o) = ordinality {
+                            out.push_str(&format!(", {}", quote(&o)));
+                        }
+                        out.push(')');
+                        i = close + 1;
+                        continue;
+                    }
+                }
+            }
+        }
+        out.push_str(&tokens[i].to_string());
+        i += 1;
+    }
+    out
 }
 
 fn is_null(e: &Expr) -> bool {
@@ -185,7 +300,12 @@ impl Rewriter {
         {
             return None;
         }
-        let (array, alias) = as_unnest(&select.from[0].relation)?;
+        let Unnest {
+            array,
+            alias,
+            value,
+            ..
+        } = as_unnest(&select.from[0].relation)?;
         let alias = alias?;
         if is_null(&array) {
             // An undefined array has no elements: nothing is in it.
@@ -205,7 +325,9 @@ impl Rewriter {
                     && parts[0].value == alias.value
                 {
                     let mut text = parts[0].to_string();
-                    for p in &parts[1..] {
+                    // With `AS v`, `alias.v` is the element itself.
+                    let skip = usize::from(value.as_deref() == Some(parts[1].value.as_str()));
+                    for p in &parts[1 + skip..] {
                         text = format!("get_field({text}, {})", quote(&p.value));
                     }
                     if let Ok(new) = parse_expr(&text) {
@@ -234,7 +356,13 @@ impl Rewriter {
         order_by_exprs: &mut Vec<&mut Expr>,
     ) -> Result<(), TarnError> {
         while select.from.len() >= 2 && select.from[1].joins.is_empty() {
-            let Some((array, Some(alias))) = as_unnest(&select.from[1].relation) else {
+            let Some(Unnest {
+                array,
+                alias: Some(alias),
+                value,
+                ordinality,
+            }) = as_unnest(&select.from[1].relation)
+            else {
                 break;
             };
             let left = &select.from[0];
@@ -245,6 +373,11 @@ impl Rewriter {
                 break;
             }
             let undefined = is_null(&array);
+            // The element's column: the alias itself, or `alias__v` with Rockset's `AS v`.
+            let element = match &value {
+                Some(v) => Ident::new(format!("{}__{v}", alias.value)),
+                None => alias.clone(),
+            };
             let derived = if undefined {
                 // Rockset: unnesting an undefined path gives no rows.
                 format!(
@@ -252,8 +385,15 @@ impl Rewriter {
                     left.relation
                 )
             } else {
+                let position = match &ordinality {
+                    Some(i) => format!(
+                        ", unnest(generate_series(1, cardinality({array}))) AS {}",
+                        Ident::new(format!("{}__{i}", alias.value))
+                    ),
+                    None => String::new(),
+                };
                 format!(
-                    "SELECT * FROM (SELECT {left_name}.*, unnest({array}) AS {alias} FROM {}) AS {left_name}",
+                    "SELECT * FROM (SELECT {left_name}.*, unnest({array}) AS {element}{position} FROM {}) AS {left_name}",
                     left.relation
                 )
             };
@@ -281,7 +421,7 @@ impl Rewriter {
                             *e = if undefined {
                                 Expr::value(Value::Null)
                             } else {
-                                Expr::CompoundIdentifier(vec![left_name.clone(), id.clone()])
+                                Expr::CompoundIdentifier(vec![left_name.clone(), element.clone()])
                             };
                         }
                         Expr::CompoundIdentifier(parts)
@@ -289,6 +429,17 @@ impl Rewriter {
                         {
                             if undefined {
                                 *e = Expr::value(Value::Null);
+                            } else if value.is_some() || ordinality.is_some() {
+                                // `u.v...` is the element, `u.i` its position.
+                                let head = if ordinality.as_deref() == Some(parts[1].value.as_str())
+                                {
+                                    Ident::new(format!("{}__{}", alias.value, parts[1].value))
+                                } else {
+                                    element.clone()
+                                };
+                                let mut new = vec![left_name.clone(), head];
+                                new.extend(parts.drain(..).skip(2));
+                                *parts = new;
                             } else {
                                 parts.insert(0, left_name.clone());
                             }
@@ -507,6 +658,24 @@ mod tests {
         let mut stmt = Parser::parse_sql(&RocksetDialect, sql).unwrap().remove(0);
         rewrite(&mut stmt, params).unwrap();
         stmt.to_string()
+    }
+
+    #[test]
+    fn unnest_value_aliases_are_preprocessed_outside_strings() {
+        assert_eq!(
+            preprocess(
+                "SELECT 'UNNEST(a AS b)' FROM t, UNNEST(t.arr AS v WITH ORDINALITY AS i) AS u"
+            ),
+            "SELECT 'UNNEST(a AS b)' FROM t, __unnest_as(t.arr, 'v', 'i') AS u"
+        );
+        assert_eq!(
+            preprocess("SELECT * FROM t, unnest(f(t.a, t.b) AS x) u"),
+            "SELECT * FROM t, __unnest_as(f(t.a, t.b), 'x') u"
+        );
+        assert_eq!(
+            preprocess("SELECT * FROM t, unnest(t.a) u"),
+            "SELECT * FROM t, unnest(t.a) u"
+        );
     }
 
     #[test]
