@@ -83,7 +83,7 @@ impl QueryEngine {
         let batches = df
             .collect()
             .await
-            .map_err(|e| query_error(e, &req.sql, &[]))?;
+            .map_err(|e| query_error(e, &req.sql, &Known::default()))?;
         let names = output_names(&schema);
         let mut results = Vec::new();
         for b in &batches {
@@ -128,7 +128,7 @@ impl QueryEngine {
             &preprocessed,
             &RocksetDialect,
         )
-        .map_err(|e| query_error(e, sql, &[]))?;
+        .map_err(|e| query_error(e, sql, &Known::default()))?;
         let mut statement = match (statements.pop_front(), statements.is_empty()) {
             (Some(s), true) => s,
             (None, _) => return Err(TarnError::query("the query is empty")),
@@ -165,7 +165,16 @@ impl QueryEngine {
         params: &[QueryParameter],
     ) -> TarnResult<(datafusion::dataframe::DataFrame, Vec<String>)> {
         let (statement, warnings, ctes) = self.dialect(sql, params)?;
-        let err = |e| query_error(e, sql, &ctes);
+        let known = Known {
+            ctes,
+            collections: self
+                .storage
+                .list_collections(None)
+                .into_iter()
+                .map(|(i, _)| i.name)
+                .collect(),
+        };
+        let err = |e| query_error(e, sql, &known);
         let state = self.ctx.state();
         let plan = state.statement_to_plan(statement).await.map_err(err)?;
         let df = self.ctx.execute_logical_plan(plan).await.map_err(err)?;
@@ -246,7 +255,41 @@ fn scanned_collections(plan: &LogicalPlan) -> Vec<String> {
 
 /// Converts a DataFusion error into a query error with line and column when the parser gave
 /// them, and with collection names in Rockset's words.
-pub fn query_error(e: DataFusionError, sql: &str, ctes: &[String]) -> TarnError {
+/// Names a query error can suggest: the statement's CTEs and the workspace's collections.
+#[derive(Debug, Default)]
+pub struct Known {
+    pub ctes: Vec<String>,
+    pub collections: Vec<String>,
+}
+
+/// The 1-based line and column of the first whole-word occurrence of `word` in `sql`.
+fn locate(sql: &str, word: &str) -> Option<(u64, u64)> {
+    if word.is_empty() {
+        return None;
+    }
+    let bytes = sql.as_bytes();
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut from = 0;
+    while let Some(off) = sql[from..].find(word) {
+        let at = from + off;
+        let end = at + word.len();
+        let before_ok = at == 0 || !is_ident(bytes[at - 1]);
+        let after_ok = end >= bytes.len() || !is_ident(bytes[end]);
+        if before_ok && after_ok {
+            let line = sql[..at].matches('\n').count() as u64 + 1;
+            let column = sql[..at]
+                .rsplit('\n')
+                .next()
+                .map_or(0, |l| l.chars().count()) as u64
+                + 1;
+            return Some((line, column));
+        }
+        from = end;
+    }
+    None
+}
+
+pub fn query_error(e: DataFusionError, sql: &str, known: &Known) -> TarnError {
     let text = e.to_string();
     let message = text
         .trim_start_matches("SQL error: ")
@@ -285,9 +328,31 @@ pub fn query_error(e: DataFusionError, sql: &str, ctes: &[String]) -> TarnError 
             _ => (DEFAULT_WORKSPACE, full),
         };
         err.message = format!("collection '{name}' not found in workspace '{ws}'");
-        if let Some(cte) = crate::paths::nearest(name, ctes) {
+        if let Some(cte) = crate::paths::nearest(name, &known.ctes) {
             err.message
                 .push_str(&format!(" (a CTE named '{cte}' is defined)"));
+        } else if let Some(c) = crate::paths::nearest(name, &known.collections) {
+            err.message.push_str(&format!("; did you mean '{c}'?"));
+        }
+        if err.line.is_none()
+            && let Some((l, c)) = locate(sql, name)
+        {
+            err = err.at(l, c);
+        }
+    }
+    // Planning errors carry no position: point at the first name the message quotes.
+    if err.line.is_none() {
+        let quoted = message.split('\'').nth(1).map(str::to_owned);
+        let field = message.split("No field named ").nth(1).map(|r| {
+            let r = r.trim_end_matches(|c: char| c == '.' || c.is_whitespace());
+            let r = r.split(['.', ' ']).next_back().unwrap_or(r);
+            r.trim_matches('"').to_owned()
+        });
+        if let Some((l, c)) = field
+            .or(quoted)
+            .and_then(|w| locate(sql, w.rsplit('.').next().unwrap_or(&w)))
+        {
+            err = err.at(l, c);
         }
     }
     err

@@ -108,6 +108,33 @@ impl Rewriter {
     }
 }
 
+/// What [`preprocess`] puts in place of `UNDEFINED` in `IS [NOT] UNDEFINED`.
+const UNDEFINED_MARKER: &str = "__tarn_undefined";
+
+/// `x IS UNDEFINED`: x is NULL and was not an explicit null in its document (the hidden
+/// nulls column lists the JSON pointers of explicit nulls). Only paths can be undefined.
+fn is_undefined(x: &Expr) -> Result<Expr, TarnError> {
+    let (qualifier, parts): (Option<&Ident>, &[Ident]) = match x {
+        Expr::Value(v) if v.value == Value::Null => return parse_expr("TRUE"),
+        Expr::Identifier(id) => (None, std::slice::from_ref(id)),
+        Expr::CompoundIdentifier(ids) if ids.len() >= 2 => (Some(&ids[0]), &ids[1..]),
+        _ => return parse_expr(&format!("({x}) IS NULL AND FALSE")),
+    };
+    let mut pointer = String::new();
+    for p in parts {
+        tarn_storage::build::push_pointer_segment(&mut pointer, &p.value);
+    }
+    let needle = serde_json::to_string(&pointer).expect("strings serialize");
+    let nulls = match qualifier {
+        Some(q) => format!("{q}.{}", tarn_storage::types::NULLS),
+        None => tarn_storage::types::NULLS.to_owned(),
+    };
+    parse_expr(&format!(
+        "(({x}) IS NULL AND ({nulls} IS NULL OR strpos({nulls}, {}) = 0))",
+        quote(&needle)
+    ))
+}
+
 /// The name [`preprocess`] gives `UNNEST(arr AS v [WITH ORDINALITY AS i])`.
 const UNNEST_AS: &str = "__unnest_as";
 
@@ -194,6 +221,28 @@ pub fn preprocess(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut i = 0;
     while i < tokens.len() {
+        // `x IS [NOT] UNDEFINED` → `x IS [NOT] DISTINCT FROM __tarn_undefined`, resolved later.
+        if is_word(&tokens[i], "is") {
+            let next: Vec<usize> = (i + 1..tokens.len())
+                .filter(|&j| significant(j))
+                .take(2)
+                .collect();
+            if let Some(&n0) = next.first() {
+                if is_word(&tokens[n0], "undefined") {
+                    out.push_str(&format!("IS NOT DISTINCT FROM {UNDEFINED_MARKER}"));
+                    i = n0 + 1;
+                    continue;
+                }
+                if let Some(&n1) = next.get(1)
+                    && is_word(&tokens[n0], "not")
+                    && is_word(&tokens[n1], "undefined")
+                {
+                    out.push_str(&format!("IS DISTINCT FROM {UNDEFINED_MARKER}"));
+                    i = n1 + 1;
+                    continue;
+                }
+            }
+        }
         if is_word(&tokens[i], "unnest") {
             // Find the opening parenthesis and its match.
             let open = (i + 1..tokens.len()).find(|&j| significant(j));
@@ -515,6 +564,21 @@ impl VisitorMut for Rewriter {
                             )));
                         }
                     }
+                }
+            }
+            Expr::IsNotDistinctFrom(x, marker) | Expr::IsDistinctFrom(x, marker) if matches!(marker.as_ref(), Expr::Identifier(m) if m.value == UNDEFINED_MARKER) =>
+            {
+                let replacement = is_undefined(x);
+                let negated = matches!(expr, Expr::IsDistinctFrom(..));
+                match replacement {
+                    Ok(e) if negated => {
+                        *expr = Expr::UnaryOp {
+                            op: datafusion::sql::sqlparser::ast::UnaryOperator::Not,
+                            expr: Box::new(Expr::Nested(Box::new(e))),
+                        }
+                    }
+                    Ok(e) => *expr = e,
+                    Err(e) => return self.fail(e),
                 }
             }
             Expr::Function(_) => match rename_function(expr) {

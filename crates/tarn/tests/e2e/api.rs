@@ -236,7 +236,7 @@ fn queries_filter_group_order_and_use_event_time() {
     assert!(body["line"].is_u64(), "{body}");
     let (st, body) = s.post(
         &format!("{V1}/queries"),
-        &json!({"sql": {"query": "SELECT * FROM nope"}}),
+        &json!({"sql": {"query": "SELECT *\nFROM nope"}}),
     );
     assert_eq!(st, 400);
     assert!(
@@ -244,6 +244,21 @@ fn queries_filter_group_order_and_use_event_time() {
             .as_str()
             .unwrap()
             .contains("'nope' not found in workspace 'commons'"),
+        "{body}"
+    );
+    assert_eq!(
+        (body["line"].as_u64(), body["column"].as_u64()),
+        (Some(2), Some(6)),
+        "{body}"
+    );
+    let (st, body) = s.post(
+        &format!("{V1}/queries"),
+        &json!({"sql": {"query": "SELECT lang,\n  nosuchfn(lang) FROM tweets"}}),
+    );
+    assert_eq!(st, 400);
+    assert_eq!(
+        (body["line"].as_u64(), body["column"].as_u64()),
+        (Some(2), Some(3)),
         "{body}"
     );
 }
