@@ -217,6 +217,95 @@ impl ScalarUDFImpl for JsonFn {
     }
 }
 
+/// `array_field_has(list, 'field', x)`: whether some element's `field` (or the element itself
+/// when `field` is '') equals `x`. The rewrite of `x IN (SELECT h.field FROM UNNEST(list) h)`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ArrayFieldHas {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for ArrayFieldHas {
+    fn name(&self) -> &str {
+        "array_field_has"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::BooleanArray;
+        let rows = args.number_rows;
+        let list = args.args[0].to_array(rows)?;
+        let field = match &args.args[1] {
+            ColumnarValue::Scalar(v) => v.to_string(),
+            _ => return exec_err!("array_field_has: the field name must be a constant"),
+        };
+        let needle = args.args[2].to_array(rows)?;
+        let (offsets, values): (Vec<usize>, ArrayRef) = match list.data_type() {
+            DataType::List(_) => {
+                let l = list.as_list::<i32>();
+                (
+                    l.value_offsets().iter().map(|o| *o as usize).collect(),
+                    l.values().clone(),
+                )
+            }
+            DataType::LargeList(_) => {
+                let l = list.as_list::<i64>();
+                (
+                    l.value_offsets().iter().map(|o| *o as usize).collect(),
+                    l.values().clone(),
+                )
+            }
+            DataType::Null => {
+                return Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(
+                    vec![false; rows],
+                ))));
+            }
+            other => return exec_err!("array_field_has: {other} is not an array"),
+        };
+        let elements: ArrayRef = if field.is_empty() {
+            values
+        } else {
+            match values
+                .as_struct_opt()
+                .and_then(|s| s.column_by_name(&field))
+            {
+                Some(c) => c.clone(),
+                None => {
+                    return Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(
+                        vec![false; rows],
+                    ))));
+                }
+            }
+        };
+        let needle = match datafusion::arrow::compute::cast(&needle, elements.data_type()) {
+            Ok(n) => n,
+            Err(_) => {
+                return Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(
+                    vec![false; rows],
+                ))));
+            }
+        };
+        let mut out = Vec::with_capacity(rows);
+        for row in 0..rows {
+            let (start, end) = (offsets[row], offsets[row + 1]);
+            if list.is_null(row) || needle.is_null(row) || start == end {
+                out.push(false);
+                continue;
+            }
+            let probe = datafusion::arrow::array::Scalar::new(needle.slice(row, 1));
+            let hits = datafusion::arrow::compute::kernels::cmp::eq(
+                &elements.slice(start, end - start),
+                &probe,
+            )?;
+            out.push(hits.true_count() > 0);
+        }
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(out))))
+    }
+}
+
 /// Registers tarn's functions in a session.
 pub fn register(ctx: &SessionContext) {
     for udf in [
@@ -227,6 +316,9 @@ pub fn register(ctx: &SessionContext) {
         ScalarUDF::from(IntervalOf::new("minutes", 0, 60_000_000_000)),
         ScalarUDF::from(IntervalOf::new("hours", 0, 3_600_000_000_000)),
         ScalarUDF::from(IntervalOf::new("days", 1, 0)),
+        ScalarUDF::from(ArrayFieldHas {
+            signature: Signature::any(3, Volatility::Immutable),
+        }),
         ScalarUDF::from(JsonFn {
             name: "typeof",
             signature: Signature::any(1, Volatility::Immutable),

@@ -365,6 +365,28 @@ impl Rewriter {
         else {
             return None;
         };
+        // Without a condition, `alias.field` (or the element itself) needs no lambda.
+        if select.selection.is_none() {
+            let field = match item {
+                Expr::Identifier(id) if id.value == alias.value => Some(String::new()),
+                Expr::CompoundIdentifier(p) if p.len() == 2 && p[0].value == alias.value => {
+                    Some(if value.as_deref() == Some(p[1].value.as_str()) {
+                        String::new()
+                    } else {
+                        p[1].value.clone()
+                    })
+                }
+                _ => None,
+            };
+            if let Some(field) = field {
+                let call = format!(
+                    "{}coalesce(array_field_has({array}, {}, {needle}), FALSE)",
+                    if *negated { "NOT " } else { "" },
+                    quote(&field)
+                );
+                return Some(parse_expr(&call));
+            }
+        }
         // Inside a lambda, `alias.field` must be spelled as field access on the variable.
         let as_field_access = |e: &Expr| -> String {
             let mut e = e.clone();
@@ -789,7 +811,7 @@ mod tests {
         );
         assert_eq!(
             out,
-            "SELECT 1 FROM t WHERE coalesce(array_any_match(t.entities.hashtags, h -> (get_field(h, 'text')) = ('music')), false)"
+            "SELECT 1 FROM t WHERE coalesce(array_field_has(t.entities.hashtags, 'text', 'music'), false)"
         );
     }
 

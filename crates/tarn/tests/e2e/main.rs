@@ -4,3 +4,4 @@ mod api;
 mod crash;
 mod roundtrip;
 mod support;
+mod tutorial;
