@@ -129,7 +129,7 @@ fn six_dashboard_queries_over_generated_tweets() {
             )
         })
         .collect();
-    users.sort_by(|a, b| b.1.cmp(&a.1));
+    users.sort_by_key(|u| std::cmp::Reverse(u.1));
     users.dedup();
     let rows = s.query(
         "SELECT t.user.screen_name, t.user.followers_count AS fc FROM \"twitter-kinesis-demo\" t \
