@@ -589,6 +589,8 @@ struct Writer {
 }
 
 const TICK: Duration = Duration::from_millis(500);
+/// Runs of the mutable segment are merged up to this many rows.
+const MERGED_RUN_ROWS: usize = 16_384;
 const MAX_GROUP: usize = 256;
 
 impl Writer {
@@ -793,7 +795,9 @@ impl Writer {
                     rows(&self.mutable[self.mutable.len() - 1]),
                 )
             };
-            if older > newer * 2 {
+            // Runs past MERGED_RUN_ROWS wait for sealing: merging them again would copy
+            // their rows once more for little gain in query overhead.
+            if older > newer * 2 || older + newer > MERGED_RUN_ROWS as u64 {
                 break;
             }
             let ids = self.mutable.split_off(self.mutable.len() - 2);
@@ -832,7 +836,13 @@ impl Writer {
         let merged = arrow::compute::concat_batches(&schema, &batches).map_err(arrow_error)?;
         let new_id = self.next_segment_id;
         self.next_segment_id += 1;
-        let segment = Segment::new(new_id, merged);
+        // Bounds from the inputs stay valid for their merge (deleted rows only narrow them).
+        let stats = SegmentStats::merged(entries.iter().map(|e| &e.segment.stats), &merged);
+        let segment = Arc::new(Segment {
+            id: new_id,
+            batch: merged,
+            stats,
+        });
         let ids_col = segment
             .batch
             .column_by_name(ID)

@@ -71,6 +71,135 @@ impl SegmentStats {
     }
 }
 
+impl SegmentStats {
+    /// The statistics of a merge of segments, from theirs: row count and size from the merged
+    /// batch, ranges as the union of the inputs' ranges (still bounds when rows were dropped).
+    /// A column's range is kept only when every input that has the column has a range for it.
+    pub fn merged<'a>(
+        inputs: impl Iterator<Item = &'a SegmentStats>,
+        batch: &RecordBatch,
+    ) -> SegmentStats {
+        let inputs: Vec<&SegmentStats> = inputs.collect();
+        let mut out = SegmentStats {
+            rows: batch.num_rows() as u64,
+            bytes: batch.get_array_memory_size() as u64,
+            min_event_time: inputs
+                .iter()
+                .map(|s| s.min_event_time)
+                .min()
+                .unwrap_or(i64::MAX),
+            max_event_time: inputs
+                .iter()
+                .map(|s| s.max_event_time)
+                .max()
+                .unwrap_or(i64::MIN),
+            columns: BTreeMap::new(),
+        };
+        let names: std::collections::BTreeSet<&String> =
+            inputs.iter().flat_map(|s| s.columns.keys()).collect();
+        let schema = batch.schema();
+        'columns: for name in names {
+            // Only a path that kept its scalar type in the merge keeps its range: one that
+            // became a variant may hold values outside every input's range.
+            if !scalar_path(&schema, name) {
+                continue;
+            }
+            let mut acc: Option<ColumnStats> = None;
+            for s in &inputs {
+                // An input without a range for the column has it all null or absent.
+                let Some(c) = s.columns.get(name) else {
+                    continue;
+                };
+                acc = match acc {
+                    None => Some(c.clone()),
+                    Some(a) => match union(&a, c) {
+                        Some(u) => Some(u),
+                        None => continue 'columns,
+                    },
+                };
+            }
+            if let Some(a) = acc {
+                out.columns.insert(name.clone(), a);
+            }
+        }
+        out
+    }
+}
+
+/// Whether a dotted path of the schema is an Int64, Float64 or Utf8 column.
+fn scalar_path(schema: &arrow::datatypes::Schema, path: &str) -> bool {
+    let mut parts = path.split('.');
+    let Some(first) = parts.next() else {
+        return false;
+    };
+    let Ok(field) = schema.field_with_name(first) else {
+        return false;
+    };
+    let mut dt = field.data_type().clone();
+    for p in parts {
+        match &dt {
+            DataType::Struct(fields) if !crate::types::is_variant(&dt) => match fields.find(p) {
+                Some((_, f)) => dt = f.data_type().clone(),
+                None => return false,
+            },
+            _ => return false,
+        }
+    }
+    matches!(dt, DataType::Int64 | DataType::Float64 | DataType::Utf8)
+}
+
+fn union(a: &ColumnStats, b: &ColumnStats) -> Option<ColumnStats> {
+    Some(match (a, b) {
+        (
+            ColumnStats::Int { min, max, nulls },
+            ColumnStats::Int {
+                min: m2,
+                max: x2,
+                nulls: n2,
+            },
+        ) => ColumnStats::Int {
+            min: *min.min(m2),
+            max: *max.max(x2),
+            nulls: nulls + n2,
+        },
+        (
+            ColumnStats::Float { min, max, nulls },
+            ColumnStats::Float {
+                min: m2,
+                max: x2,
+                nulls: n2,
+            },
+        ) => ColumnStats::Float {
+            min: min.min(*m2),
+            max: max.max(*x2),
+            nulls: nulls + n2,
+        },
+        (
+            ColumnStats::Str {
+                min,
+                max,
+                int_min,
+                int_max,
+                nulls,
+            },
+            ColumnStats::Str {
+                min: m2,
+                max: x2,
+                int_min: i2,
+                int_max: j2,
+                nulls: n2,
+            },
+        ) => ColumnStats::Str {
+            min: min.clone().min(m2.clone()),
+            max: max.clone().max(x2.clone()),
+            int_min: int_min.zip(*i2).map(|(a, b)| a.min(b)),
+            int_max: int_max.zip(*j2).map(|(a, b)| a.max(b)),
+            nulls: nulls + n2,
+        },
+        _ => return None,
+    })
+}
+
 fn collect_column_stats(path: &str, col: &ArrayRef, out: &mut BTreeMap<String, ColumnStats>) {
     let nulls = col.null_count() as u64;
     if col.len() == col.null_count() {
@@ -262,6 +391,48 @@ mod tests {
         ));
         let round = decode_ipc(encode_ipc(&batch).unwrap().into()).unwrap();
         assert_eq!(round, batch);
+    }
+
+    #[test]
+    fn merged_stats_are_bounds_and_drop_paths_that_became_variant() {
+        let mk = |bodies: &[serde_json::Value]| {
+            let docs: Vec<Document> = bodies
+                .iter()
+                .enumerate()
+                .map(|(i, b)| Document {
+                    id: i.to_string(),
+                    event_time: i as i64,
+                    meta: Value::Null,
+                    body: b.as_object().unwrap().clone(),
+                })
+                .collect();
+            documents_to_batch(&docs)
+        };
+        let a = mk(&[json!({"n": 1, "m": 5}), json!({"n": 4, "m": 6})]);
+        let b = mk(&[json!({"n": 9, "m": "x"})]);
+        let schema = crate::types::merge_schemas(&a.schema(), &b.schema());
+        let merged = arrow::compute::concat_batches(
+            &schema,
+            &[
+                crate::adapt::adapt_batch(&a, &schema).unwrap(),
+                crate::adapt::adapt_batch(&b, &schema).unwrap(),
+            ],
+        )
+        .unwrap();
+        let s = SegmentStats::merged(
+            [SegmentStats::compute(&a), SegmentStats::compute(&b)].iter(),
+            &merged,
+        );
+        assert_eq!(
+            s.columns["n"],
+            ColumnStats::Int {
+                min: 1,
+                max: 9,
+                nulls: 0
+            }
+        );
+        assert!(!s.columns.contains_key("m"), "m became a variant: {s:?}");
+        assert_eq!((s.rows, s.min_event_time, s.max_event_time), (3, 0, 1));
     }
 
     #[test]
