@@ -242,7 +242,6 @@ impl ScalarUDFImpl for ArrayFieldHas {
             ColumnarValue::Scalar(v) => v.to_string(),
             _ => return exec_err!("array_field_has: the field name must be a constant"),
         };
-        let needle = args.args[2].to_array(rows)?;
         let (offsets, values): (Vec<usize>, ArrayRef) = match list.data_type() {
             DataType::List(_) => {
                 let l = list.as_list::<i32>();
@@ -280,6 +279,41 @@ impl ScalarUDFImpl for ArrayFieldHas {
                 }
             }
         };
+        // The usual case, a constant: one vectorised comparison over all elements.
+        if let ColumnarValue::Scalar(v) = &args.args[2] {
+            let probe = match datafusion::arrow::compute::cast(
+                &v.to_array_of_size(1)?,
+                elements.data_type(),
+            ) {
+                Ok(p) if p.is_valid(0) => p,
+                _ => {
+                    return Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(
+                        vec![false; rows],
+                    ))));
+                }
+            };
+            let hits = datafusion::arrow::compute::kernels::cmp::eq(
+                &elements,
+                &datafusion::arrow::array::Scalar::new(probe),
+            )?;
+            // A null element is no match.
+            let bits = match hits.nulls() {
+                Some(valid) => hits.values() & valid.inner(),
+                None => hits.values().clone(),
+            };
+            let out: BooleanArray = (0..rows)
+                .map(|row| {
+                    let (start, end) = (offsets[row], offsets[row + 1]);
+                    Some(
+                        list.is_valid(row)
+                            && end > start
+                            && bits.slice(start, end - start).count_set_bits() > 0,
+                    )
+                })
+                .collect();
+            return Ok(ColumnarValue::Array(Arc::new(out)));
+        }
+        let needle = args.args[2].to_array(rows)?;
         let needle = match datafusion::arrow::compute::cast(&needle, elements.data_type()) {
             Ok(n) => n,
             Err(_) => {
