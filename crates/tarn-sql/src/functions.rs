@@ -301,16 +301,18 @@ impl ScalarUDFImpl for ArrayFieldHas {
                 Some(valid) => hits.values() & valid.inner(),
                 None => hits.values().clone(),
             };
-            let out: BooleanArray = (0..rows)
-                .map(|row| {
-                    let (start, end) = (offsets[row], offsets[row + 1]);
-                    Some(
-                        list.is_valid(row)
-                            && end > start
-                            && bits.slice(start, end - start).count_set_bits() > 0,
-                    )
-                })
-                .collect();
+            // Walk the matching elements once, mapping each to its row.
+            let mut found = vec![false; rows];
+            let mut row = 0;
+            for j in bits.set_indices() {
+                while row < rows && offsets[row + 1] <= j {
+                    row += 1;
+                }
+                if row < rows && list.is_valid(row) {
+                    found[row] = true;
+                }
+            }
+            let out = BooleanArray::from(found);
             return Ok(ColumnarValue::Array(Arc::new(out)));
         }
         let needle = args.args[2].to_array(rows)?;
