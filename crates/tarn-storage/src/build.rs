@@ -171,6 +171,10 @@ fn collect_object_nulls(
     out: &mut Vec<String>,
 ) {
     for (k, v) in obj {
+        // Most values are scalars, which need no path at all.
+        if !matches!(v, Value::Null | Value::Object(_) | Value::Array(_)) {
+            continue;
+        }
         let len = path.len();
         push_pointer_segment(path, k);
         match v {
