@@ -165,16 +165,19 @@ impl QueryEngine {
         params: &[QueryParameter],
     ) -> TarnResult<(datafusion::dataframe::DataFrame, Vec<String>)> {
         let (statement, warnings, ctes) = self.dialect(sql, params)?;
-        let known = Known {
-            ctes,
-            collections: self
-                .storage
-                .list_collections(None)
-                .into_iter()
-                .map(|(i, _)| i.name)
-                .collect(),
+        // The names to suggest are gathered only when planning fails.
+        let err = |e| {
+            let known = Known {
+                ctes: ctes.clone(),
+                collections: self
+                    .storage
+                    .list_collections(None)
+                    .into_iter()
+                    .map(|(i, _)| i.name)
+                    .collect(),
+            };
+            query_error(e, sql, &known)
         };
-        let err = |e| query_error(e, sql, &known);
         let state = self.ctx.state();
         let plan = state.statement_to_plan(statement).await.map_err(err)?;
         let df = self.ctx.execute_logical_plan(plan).await.map_err(err)?;
