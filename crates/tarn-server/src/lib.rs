@@ -1,11 +1,18 @@
-//! tarn's HTTP server: the Rockset v1 REST API over the storage engine and the query engine.
+//! tarn's HTTP server: the Rockset v1 REST API over the storage engine, the query engine and
+//! the stream sources.
 
 pub mod error;
 pub mod routes;
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+use serde_json::{Map, Value};
+use tarn_common::TarnResult;
+use tarn_ingest::pipeline::{IngestTransform, TransformFactory};
+use tarn_ingest::{IntegrationStore, SourceManager};
 use tarn_sql::QueryEngine;
+use tarn_sql::mapping::FieldMapping;
 use tarn_storage::Storage;
 
 /// What every request handler can reach.
@@ -13,22 +20,55 @@ use tarn_storage::Storage;
 pub struct AppState {
     pub storage: Arc<Storage>,
     pub engine: Arc<QueryEngine>,
+    pub sources: Arc<SourceManager>,
 }
 
-impl AppState {
-    pub fn new(storage: Arc<Storage>) -> AppState {
-        let engine = Arc::new(QueryEngine::new(storage.clone()));
-        AppState { storage, engine }
+/// A `field_mapping_query` as the ingest layer runs it.
+struct SqlTransform(Arc<FieldMapping>);
+
+impl IngestTransform for SqlTransform {
+    fn apply(
+        &self,
+        docs: Vec<Map<String, Value>>,
+    ) -> BoxFuture<'_, TarnResult<(Vec<Map<String, Value>>, Vec<String>)>> {
+        Box::pin(self.0.apply(docs))
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+impl AppState {
+    /// Opens the integrations of the storage's data dir; sources start with
+    /// [`AppState::start_sources`].
+    pub fn new(storage: Arc<Storage>) -> TarnResult<AppState> {
+        let engine = Arc::new(QueryEngine::new(storage.clone()));
+        let integrations = Arc::new(IntegrationStore::open(storage.dir())?);
+        let transforms: TransformFactory = Arc::new(|sql, event_time_info| {
+            let mapping = tarn_sql::mapping::compile_shared(sql, event_time_info)?;
+            Ok(Arc::new(SqlTransform(mapping)) as Arc<dyn IngestTransform>)
+        });
+        let sources = SourceManager::new(storage.clone(), integrations, Some(transforms));
+        Ok(AppState {
+            storage,
+            engine,
+            sources,
+        })
+    }
+
+    /// Starts the sources of every collection; call inside the runtime.
+    pub fn start_sources(&self) {
+        self.sources.start_all();
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops the sources.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, routes::router(state))
+    let sources = state.sources.clone();
+    let r = axum::serve(listener, routes::router(state))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    sources.stop_all();
+    r
 }

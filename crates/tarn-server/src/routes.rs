@@ -1,4 +1,5 @@
-//! The REST routes: health, workspaces, collections, documents and queries, in Rockset's shapes.
+//! The REST routes: health, workspaces, collections, documents, integrations and queries, in
+//! Rockset's shapes.
 
 use std::sync::Arc;
 
@@ -38,6 +39,18 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/ws/{ws}/collections/{c}/docs",
             post(add_documents).delete(delete_documents),
+        )
+        .route(
+            "/ws/{ws}/collections/{c}/ingest-errors",
+            get(list_ingest_errors),
+        )
+        .route(
+            "/integrations",
+            post(create_integration).get(list_integrations),
+        )
+        .route(
+            "/integrations/{name}",
+            get(get_integration).delete(delete_integration),
         )
         .route("/queries", post(run_query));
     Router::new()
@@ -141,9 +154,15 @@ async fn delete_workspace(
     Ok(Json(json!({"data": workspace_json(&st.storage, &w)})))
 }
 
-/// The collection as Rockset returns it.
-pub fn collection_json(info: &CollectionInfo, c: &Collection, status: &str) -> Value {
+/// The collection as Rockset returns it, with its sources' live status.
+pub fn collection_json(
+    st: &AppState,
+    info: &CollectionInfo,
+    c: &Collection,
+    status: &str,
+) -> Value {
     let stats = c.stats();
+    let errors = st.sources.error_log(info, c);
     let mut out = json!({
         "name": info.name,
         "workspace": info.workspace,
@@ -151,12 +170,13 @@ pub fn collection_json(info: &CollectionInfo, c: &Collection, status: &str) -> V
         "created_at": info.created_at,
         "created_by": info.created_by,
         "status": status,
-        "sources": info.extra.get("sources").cloned().unwrap_or(json!([])),
+        "sources": st.sources.sources_json(info),
         "stats": {
             "doc_count": stats.doc_count,
             "total_size": stats.total_size,
             "last_updated_ms": stats.last_updated_ms,
             "segment_count": stats.segments,
+            "ingest_error_count": errors.count(),
         },
         "field_mappings": info.extra.get("field_mappings").cloned().unwrap_or(json!([])),
         "clustering_key": info.extra.get("clustering_key").cloned().unwrap_or(json!([])),
@@ -204,6 +224,8 @@ async fn create_collection(
     };
     let mut extra = req.extra;
     extra.retain(|_, v| !v.is_null());
+    // Sources and the field mapping are checked before anything is created.
+    st.sources.validate(&extra)?;
     let (info, c) = st.storage.create_collection(
         &ws,
         &req.name,
@@ -211,7 +233,12 @@ async fn create_collection(
         options,
         extra,
     )?;
-    Ok(Json(json!({"data": collection_json(&info, &c, "CREATED")})))
+    if let Err(e) = st.sources.start(&info, &c) {
+        tracing::error!(collection = %info.name, error = %e.message, "cannot start the collection's sources");
+    }
+    Ok(Json(
+        json!({"data": collection_json(&st, &info, &c, "CREATED")}),
+    ))
 }
 
 async fn list_workspace_collections(
@@ -223,7 +250,7 @@ async fn list_workspace_collections(
         .storage
         .list_collections(Some(&ws))
         .iter()
-        .map(|(i, c)| collection_json(i, c, "READY"))
+        .map(|(i, c)| collection_json(&st, i, c, "READY"))
         .collect();
     Ok(Json(json!({"data": data})))
 }
@@ -233,7 +260,7 @@ async fn list_all_collections(State(st): State<AppState>) -> ApiResult<impl Into
         .storage
         .list_collections(None)
         .iter()
-        .map(|(i, c)| collection_json(i, c, "READY"))
+        .map(|(i, c)| collection_json(&st, i, c, "READY"))
         .collect();
     Ok(Json(json!({"data": data})))
 }
@@ -243,7 +270,9 @@ async fn get_collection(
     Path((ws, name)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     let (info, c) = st.storage.get_collection(&ws, &name)?;
-    Ok(Json(json!({"data": collection_json(&info, &c, "READY")})))
+    Ok(Json(
+        json!({"data": collection_json(&st, &info, &c, "READY")}),
+    ))
 }
 
 async fn delete_collection(
@@ -251,7 +280,8 @@ async fn delete_collection(
     Path((ws, name)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     let (info, c) = st.storage.get_collection(&ws, &name)?;
-    let body = collection_json(&info, &c, "DELETED");
+    let body = collection_json(&st, &info, &c, "DELETED");
+    st.sources.stop(&info.uuid);
     drop(c);
     let storage = st.storage.clone();
     tokio::task::spawn_blocking(move || storage.delete_collection(&ws, &name))
@@ -290,14 +320,43 @@ async fn add_documents(
     // Each element either becomes a document or gets its own error; the others go on.
     let mut outcome: Vec<Result<String, String>> = Vec::with_capacity(spans.len());
     let mut docs = Vec::with_capacity(spans.len());
-    for span in &spans {
-        let text = &body[span.start..span.end];
-        match parse_limited(text, span.depth).and_then(|v| prepare(v, &ctx)) {
-            Ok(doc) => {
-                outcome.push(Ok(doc.id.clone()));
-                docs.push((doc, text.to_vec()));
+    if let Some(transform) = st.sources.transform(&info)? {
+        // With a field_mapping_query the stored documents are the mapping's output: the
+        // statuses are those of the documents stored, then of the elements refused.
+        let mut objects = Vec::with_capacity(spans.len());
+        for span in &spans {
+            match parse_limited(&body[span.start..span.end], span.depth) {
+                Ok(Value::Object(m)) => objects.push(m),
+                Ok(other) => outcome.push(Err(format!(
+                    "a document must be a JSON object, not {}",
+                    tarn_storage::document::json_kind(&other)
+                ))),
+                Err(msg) => outcome.push(Err(msg)),
             }
-            Err(msg) => outcome.push(Err(msg)),
+        }
+        let (mapped, rejected) = transform.apply(objects).await?;
+        outcome.extend(rejected.into_iter().map(Err));
+        for m in mapped {
+            let v = Value::Object(m);
+            let text = serde_json::to_vec(&v).expect("JSON values serialize");
+            match prepare(v, &ctx) {
+                Ok(doc) => {
+                    outcome.insert(docs.len(), Ok(doc.id.clone()));
+                    docs.push((doc, text));
+                }
+                Err(msg) => outcome.push(Err(msg)),
+            }
+        }
+    } else {
+        for span in &spans {
+            let text = &body[span.start..span.end];
+            match parse_limited(text, span.depth).and_then(|v| prepare(v, &ctx)) {
+                Ok(doc) => {
+                    outcome.push(Ok(doc.id.clone()));
+                    docs.push((doc, text.to_vec()));
+                }
+                Err(msg) => outcome.push(Err(msg)),
+            }
         }
     }
     let stored = if docs.is_empty() {
@@ -318,6 +377,80 @@ async fn add_documents(
         })
         .collect();
     Ok(Json(json!({"data": data})))
+}
+
+async fn list_ingest_errors(
+    State(st): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let (info, c) = st.storage.get_collection(&ws, &name)?;
+    let log = st.sources.error_log(&info, &c);
+    let data: Vec<Value> = log.recent().iter().map(|e| e.to_json()).collect();
+    Ok(Json(json!({"data": data, "count": log.count()})))
+}
+
+async fn create_integration(
+    State(st): State<AppState>,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
+    let req: Map<String, Value> = parse_json(&read_body(body).await?)?;
+    let store = st.sources.integrations().clone();
+    let i = tokio::task::spawn_blocking(move || store.create(req))
+        .await
+        .map_err(|e| TarnError::internal(e.to_string()))??;
+    tracing::info!(integration = %i.name, kind = i.kind(), "integration created");
+    Ok(Json(json!({"data": i.public_json()})))
+}
+
+async fn list_integrations(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let data: Vec<Value> = st
+        .sources
+        .integrations()
+        .list()
+        .iter()
+        .map(|i| i.public_json())
+        .collect();
+    Ok(Json(json!({"data": data})))
+}
+
+async fn get_integration(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let i = st.sources.integrations().get(&name)?;
+    Ok(Json(json!({"data": i.public_json()})))
+}
+
+async fn delete_integration(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    st.sources.integrations().get(&name)?;
+    // Rockset refuses to delete an integration a collection reads through.
+    let users: Vec<String> = st
+        .storage
+        .list_collections(None)
+        .iter()
+        .filter(|(info, _)| {
+            info.extra
+                .get("sources")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|s| s["integration_name"] == name.as_str()))
+        })
+        .map(|(info, _)| format!("{}.{}", info.workspace, info.name))
+        .collect();
+    if !users.is_empty() {
+        return Err(TarnError::invalid(format!(
+            "integration '{name}' is used by {}: drop those collections first",
+            users.join(", ")
+        ))
+        .into());
+    }
+    let store = st.sources.integrations().clone();
+    let i = tokio::task::spawn_blocking(move || store.delete(&name))
+        .await
+        .map_err(|e| TarnError::internal(e.to_string()))??;
+    Ok(Json(json!({"data": i.public_json()})))
 }
 
 async fn delete_documents(

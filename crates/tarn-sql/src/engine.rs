@@ -123,39 +123,13 @@ impl QueryEngine {
         sql: &str,
         params: &[QueryParameter],
     ) -> TarnResult<(datafusion::sql::parser::Statement, Vec<String>, Vec<String>)> {
-        let preprocessed = crate::rewrite::preprocess(sql);
-        let mut statements = datafusion::sql::parser::DFParser::parse_sql_with_dialect(
-            &preprocessed,
-            &RocksetDialect,
-        )
-        .map_err(|e| query_error(e, sql, &Known::default()))?;
-        let mut statement = match (statements.pop_front(), statements.is_empty()) {
-            (Some(s), true) => s,
-            (None, _) => return Err(TarnError::query("the query is empty")),
-            (Some(_), false) => return Err(TarnError::query("send one statement per query")),
-        };
         let resolve = |ws: Option<&str>, name: &str| {
             self.storage
                 .get_collection(ws.unwrap_or(DEFAULT_WORKSPACE), name)
                 .ok()
                 .map(|(_, c)| c.schema())
         };
-        let mut warnings = Vec::new();
-        let mut ctes = Vec::new();
-        let inner = match &mut statement {
-            datafusion::sql::parser::Statement::Statement(s) => Some(s.as_mut()),
-            datafusion::sql::parser::Statement::Explain(e) => match e.statement.as_mut() {
-                datafusion::sql::parser::Statement::Statement(s) => Some(s.as_mut()),
-                _ => None,
-            },
-            _ => None,
-        };
-        if let Some(s) = inner {
-            ctes = crate::rewrite::cte_names(s);
-            warnings = crate::paths::replace_undefined_paths(s, &resolve);
-            crate::rewrite::rewrite(s, params)?;
-        }
-        Ok((statement, warnings, ctes))
+        dialect_layer(sql, params, &resolve)
     }
 
     /// Runs the dialect layer, then plans through DataFusion.
@@ -185,9 +159,44 @@ impl QueryEngine {
     }
 }
 
+/// The dialect layer over any tables: `resolve` gives the schema of a table by workspace
+/// and name (None when it is not known). Returns the statement, the warnings and the CTE
+/// names.
+pub fn dialect_layer(
+    sql: &str,
+    params: &[QueryParameter],
+    resolve: crate::paths::Resolver,
+) -> TarnResult<(datafusion::sql::parser::Statement, Vec<String>, Vec<String>)> {
+    let preprocessed = crate::rewrite::preprocess(sql);
+    let mut statements =
+        datafusion::sql::parser::DFParser::parse_sql_with_dialect(&preprocessed, &RocksetDialect)
+            .map_err(|e| query_error(e, sql, &Known::default()))?;
+    let mut statement = match (statements.pop_front(), statements.is_empty()) {
+        (Some(s), true) => s,
+        (None, _) => return Err(TarnError::query("the query is empty")),
+        (Some(_), false) => return Err(TarnError::query("send one statement per query")),
+    };
+    let mut warnings = Vec::new();
+    let mut ctes = Vec::new();
+    let inner = match &mut statement {
+        datafusion::sql::parser::Statement::Statement(s) => Some(s.as_mut()),
+        datafusion::sql::parser::Statement::Explain(e) => match e.statement.as_mut() {
+            datafusion::sql::parser::Statement::Statement(s) => Some(s.as_mut()),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(s) = inner {
+        ctes = crate::rewrite::cte_names(s);
+        warnings = crate::paths::replace_undefined_paths(s, resolve);
+        crate::rewrite::rewrite(s, params)?;
+    }
+    Ok((statement, warnings, ctes))
+}
+
 /// Rockset names an unaliased path by its last component and an unaliased aggregate `?fn`.
 /// Two columns never share a name: a repeated name gets a number (`?count`, `?count1`).
-fn output_names(schema: &datafusion::arrow::datatypes::Schema) -> Vec<String> {
+pub(crate) fn output_names(schema: &datafusion::arrow::datatypes::Schema) -> Vec<String> {
     let mut names: Vec<String> = Vec::with_capacity(schema.fields().len());
     for f in schema.fields() {
         let base = rockset_name(f.name(), f.data_type());
@@ -217,7 +226,7 @@ fn rockset_name(name: &str, _dt: &DataType) -> String {
     name.to_owned()
 }
 
-fn rename_row(
+pub(crate) fn rename_row(
     row: Map<String, Value>,
     schema: &datafusion::arrow::datatypes::Schema,
     names: &[String],

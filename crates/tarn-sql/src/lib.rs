@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod dialect;
 pub mod engine;
 pub mod functions;
+pub mod mapping;
 pub mod paths;
 pub mod prune;
 pub mod rewrite;

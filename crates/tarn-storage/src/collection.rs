@@ -714,6 +714,15 @@ impl Writer {
         write: PreparedWrite,
         checkpoints: &[(String, String)],
     ) -> Vec<DocStatus> {
+        if write.ids.is_empty() {
+            // A position-only record (a source moved past records that made no documents,
+            // or reached the end of a shard): no segment, only the checkpoints.
+            let mut s = self.state.write();
+            for (k, v) in checkpoints {
+                s.checkpoints.insert(k.clone(), v.clone());
+            }
+            return Vec::new();
+        }
         let seg_id = self.next_segment_id;
         self.next_segment_id += 1;
         let mut own_deleted = DeleteBitmap::default();

@@ -414,7 +414,7 @@ async fn http_phase(dir: &Path, lines: &[&[u8]]) -> anyhow::Result<(f64, Vec<f64
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let state = tarn_server::AppState::new(storage.clone());
+    let state = tarn_server::AppState::new(storage.clone())?;
     let server = tokio::spawn(tarn_server::serve(listener, state, async {
         let _ = stop_rx.await;
     }));

@@ -13,6 +13,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tarn_storage::{SealPolicy, Storage};
 
+// Ingest allocates many small strings and maps per document; mimalloc handles that
+// pattern markedly faster than glibc's allocator (measured with `tarn bench`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tarn",
@@ -108,7 +113,8 @@ pub async fn serve(args: ServeArgs, on_ready: Option<OnReady>) -> anyhow::Result
     tracing::info!(data_dir = %storage.dir().display(), "tarn listening on http://{addr}");
     // A machine-readable line for scripts and tests that start tarn on port 0.
     println!("tarn listening on http://{addr}");
-    let state = tarn_server::AppState::new(storage.clone());
+    let state = tarn_server::AppState::new(storage.clone())?;
+    state.start_sources();
     if let Some(f) = on_ready {
         f(storage.clone(), addr);
     }

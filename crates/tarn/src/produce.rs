@@ -1,5 +1,5 @@
-//! `tarn produce tweets`: generated tweets at a steady rate into a sink (stdout or a tarn
-//! collection over HTTP).
+//! `tarn produce tweets`: generated tweets at a steady rate into a sink: stdout, a tarn
+//! collection over HTTP, a Kinesis stream or a Kafka topic.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -13,8 +13,10 @@ use crate::tweets::TweetGenerator;
 pub struct ProduceArgs {
     /// What to produce (only `tweets` exists).
     pub what: String,
-    /// Where to: `-` for NDJSON on stdout, or `http://HOST:PORT/COLLECTION` (workspace
-    /// `commons`) or `http://HOST:PORT/WORKSPACE/COLLECTION` for a tarn collection.
+    /// Where to: `-` for NDJSON on stdout; `http://HOST:PORT/COLLECTION` (workspace
+    /// `commons`) or `http://HOST:PORT/WORKSPACE/COLLECTION` for a tarn collection;
+    /// `kinesis://STREAM?endpoint=URL&region=R&shards=N` for a Kinesis stream (random
+    /// partition keys; `shards` creates the stream if missing); `kafka://BROKERS/TOPIC`.
     pub sink: String,
     /// Tweets per second.
     #[arg(long, default_value_t = 100)]
@@ -33,6 +35,8 @@ pub struct ProduceArgs {
 enum Sink {
     Stdout(std::io::StdoutLock<'static>),
     Http { agent: ureq::Agent, url: String },
+    Kinesis(tarn_ingest::producer::KinesisWriter),
+    Kafka(tarn_ingest::producer::KafkaWriter),
 }
 
 impl Sink {
@@ -61,13 +65,19 @@ impl Sink {
                 url: format!("http://{host}/v1/orgs/self/ws/{ws}/collections/{coll}/docs"),
             });
         }
-        if s.starts_with("kinesis://") || s.starts_with("kafka://") {
-            bail!(
-                "the {} sink is not available yet: use '-' or an http:// tarn collection",
-                s.split("://").next().unwrap_or(s)
-            );
+        if s.starts_with("kinesis://") {
+            return tarn_ingest::producer::KinesisWriter::connect(s)
+                .map(Sink::Kinesis)
+                .map_err(anyhow::Error::msg);
         }
-        bail!("unknown sink '{s}': use '-' for stdout or http://HOST:PORT/COLLECTION")
+        if s.starts_with("kafka://") {
+            return tarn_ingest::producer::KafkaWriter::connect(s)
+                .map(Sink::Kafka)
+                .map_err(anyhow::Error::msg);
+        }
+        bail!(
+            "unknown sink '{s}': use '-' for stdout, http://HOST:PORT/COLLECTION, kinesis://STREAM?endpoint=URL or kafka://BROKERS/TOPIC"
+        )
     }
 
     fn send(&mut self, tweets: &[Value]) -> anyhow::Result<()> {
@@ -94,9 +104,18 @@ impl Sink {
                     bail!("tarn refused a tweet: {bad}");
                 }
             }
+            Sink::Kinesis(w) => w.send(&encode(tweets)).map_err(anyhow::Error::msg)?,
+            Sink::Kafka(w) => w.send(&encode(tweets)).map_err(anyhow::Error::msg)?,
         }
         Ok(())
     }
+}
+
+fn encode(tweets: &[Value]) -> Vec<Vec<u8>> {
+    tweets
+        .iter()
+        .map(|t| serde_json::to_vec(t).expect("JSON values serialize"))
+        .collect()
 }
 
 pub fn run(args: ProduceArgs) -> anyhow::Result<()> {

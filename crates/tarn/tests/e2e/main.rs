@@ -2,6 +2,9 @@
 
 mod api;
 mod crash;
+mod kafka;
+mod kinesis;
+mod peers;
 mod roundtrip;
 mod support;
 mod tutorial;

@@ -38,6 +38,25 @@ fn check_top(rows: &[Value], key: &str, count: &str, expected: &HashMap<String, 
     }
 }
 
+/// Tweets from `tarn produce tweets -`, made just now.
+pub fn generated_tweets(count: u64, seed: u64) -> Vec<Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args(["produce", "tweets", "-", "--rate", "100000"])
+        .args(["--count", &count.to_string(), "--seed", &seed.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn six_dashboard_queries_over_generated_tweets() {
     let dir = tempfile::tempdir().unwrap();
@@ -46,18 +65,7 @@ fn six_dashboard_queries_over_generated_tweets() {
         "commons",
         json!({"name": "twitter-kinesis-demo", "event_time_info": {"field": "timestamp_ms", "format": "milliseconds_since_epoch"}}),
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
-        .args([
-            "produce", "tweets", "-", "--count", "600", "--rate", "100000", "--seed", "11",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let tweets: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let tweets = generated_tweets(600, 11);
     for chunk in tweets.chunks(100) {
         assert!(
             s.add_docs("commons", "twitter-kinesis-demo", chunk)
@@ -65,7 +73,13 @@ fn six_dashboard_queries_over_generated_tweets() {
                 .all(|d| d["status"] == "ADDED")
         );
     }
+    check_six_queries(&s, &tweets);
+}
 
+/// The six queries of the tutorial over `twitter-kinesis-demo`, which holds exactly
+/// `tweets` (at least 100 of them, all made within the last minute).
+pub fn check_six_queries(s: &TestServer, tweets: &[Value]) {
+    let n = tweets.len() as i64;
     // Live Tweets: all were made just now, so the newest 100, newest first.
     let rows = s.query(
         "SELECT t.timestamp_ms, t.created_at AS created_at, t.text AS text, t.user.screen_name AS screen_name \
@@ -85,7 +99,7 @@ fn six_dashboard_queries_over_generated_tweets() {
 
     // Top Hashtags (typo fixed): lower-cased hashtags of extended tweets in the last hour.
     let mut top: HashMap<String, i64> = HashMap::new();
-    for t in &tweets {
+    for t in tweets {
         for h in hashtags(t, &["extended_tweet", "entities", "hashtags"]) {
             *top.entry(h.to_lowercase()).or_default() += 1;
         }
@@ -109,7 +123,7 @@ fn six_dashboard_queries_over_generated_tweets() {
     let rows = s.query(
         "SELECT count(*) FROM \"twitter-kinesis-demo\" WHERE cast(timestamp_ms AS INT) > unix_millis(current_timestamp() - seconds(2));",
     );
-    assert!(rows[0]["?count"].as_i64().unwrap() <= 600);
+    assert!(rows[0]["?count"].as_i64().unwrap() <= n);
 
     // Influencers: users tweeting #music, by followers.
     let with_music: Vec<&Value> = tweets

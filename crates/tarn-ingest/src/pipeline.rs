@@ -1,0 +1,390 @@
+//! What every source shares: turning raw records into documents, the per-collection log of
+//! bad records, source status, and the one write that stores documents with their positions.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use serde_json::{Map, Value, json};
+use tarn_common::TarnResult;
+use tarn_storage::document::{EventTimeInfo, IngestContext, parse_limited, prepare};
+use tarn_storage::jsonscan::value_depth;
+use tarn_storage::{Collection, Document};
+
+/// Recent bad records kept in memory per collection; all of them go to the file.
+const RECENT_ERRORS: usize = 100;
+
+/// A record as a stream gave it: its bytes, where it came from, and the `_meta` to store.
+pub struct RawRecord {
+    pub data: Vec<u8>,
+    /// Where the record is in its stream, for the error log (`shard-000:4960...`).
+    pub position: String,
+    pub meta: Value,
+}
+
+/// An ingest transformation (the collection's `field_mapping_query`), applied to each batch
+/// of parsed documents before they are stored.
+///
+/// Contract: the output documents replace the input, and the second list holds an error
+/// message for each input document that could not enter the transformation (it is logged
+/// as a bad record). An `Err` rejects the whole batch: the source records the error, stays
+/// at its position and retries, so an implementation fails only for reasons that retrying
+/// can fix or that need the user's attention. Documents the query filters out are dropped,
+/// and the source's position still advances past them.
+pub trait IngestTransform: Send + Sync {
+    #[allow(clippy::type_complexity)]
+    fn apply(
+        &self,
+        docs: Vec<Map<String, Value>>,
+    ) -> BoxFuture<'_, TarnResult<(Vec<Map<String, Value>>, Vec<String>)>>;
+}
+
+/// Builds a transform from a `field_mapping_query` SQL text and the collection's
+/// `event_time_info`; fails with a clear error when the SQL is not a valid mapping.
+/// Supplied by the SQL layer, which this crate does not link.
+pub type TransformFactory =
+    Arc<dyn Fn(&str, Option<&EventTimeInfo>) -> TarnResult<Arc<dyn IngestTransform>> + Send + Sync>;
+
+/// One bad record: why and where.
+#[derive(Clone, Debug)]
+pub struct IngestError {
+    pub at_ms: i64,
+    pub source: String,
+    pub position: String,
+    pub message: String,
+}
+
+impl IngestError {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "time": tarn_common::time::format_micros(self.at_ms * 1000),
+            "source": self.source,
+            "position": self.position,
+            "message": self.message,
+        })
+    }
+}
+
+/// The bad records of one collection: a count, the most recent in memory, and every one
+/// appended to `ingest-errors.ndjson` in the collection's directory.
+pub struct IngestErrorLog {
+    path: PathBuf,
+    inner: Mutex<(u64, VecDeque<IngestError>)>,
+}
+
+impl IngestErrorLog {
+    pub fn new(collection_dir: PathBuf) -> IngestErrorLog {
+        let path = collection_dir.join("ingest-errors.ndjson");
+        // Earlier errors survive restarts: count them and keep the recent ones.
+        let mut recent = VecDeque::new();
+        let mut count = 0;
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for line in text.lines() {
+                let Ok(v) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                count += 1;
+                let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                recent.push_back(IngestError {
+                    at_ms: v["at_ms"].as_i64().unwrap_or_default(),
+                    source: s("source"),
+                    position: s("position"),
+                    message: s("message"),
+                });
+                if recent.len() > RECENT_ERRORS {
+                    recent.pop_front();
+                }
+            }
+        }
+        IngestErrorLog {
+            path,
+            inner: Mutex::new((count, recent)),
+        }
+    }
+
+    pub fn record(&self, errors: Vec<IngestError>) {
+        if errors.is_empty() {
+            return;
+        }
+        let mut lines = Vec::new();
+        for e in &errors {
+            tracing::warn!(source = %e.source, position = %e.position, error = %e.message, "bad record skipped");
+            let line = json!({"at_ms": e.at_ms, "source": e.source, "position": e.position, "message": e.message});
+            lines.extend_from_slice(line.to_string().as_bytes());
+            lines.push(b'\n');
+        }
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(&lines));
+        if let Err(e) = appended {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot append to the ingest-error log");
+        }
+        let mut inner = self.inner.lock();
+        inner.0 += errors.len() as u64;
+        for e in errors {
+            inner.1.push_back(e);
+            if inner.1.len() > RECENT_ERRORS {
+                inner.1.pop_front();
+            }
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.inner.lock().0
+    }
+
+    /// The most recent errors, newest first.
+    pub fn recent(&self) -> Vec<IngestError> {
+        self.inner.lock().1.iter().rev().cloned().collect()
+    }
+}
+
+/// Where a source is, as the collection response shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceState {
+    Initializing,
+    Watching,
+    Processing,
+    Error,
+}
+
+impl SourceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceState::Initializing => "INITIALIZING",
+            SourceState::Watching => "WATCHING",
+            SourceState::Processing => "PROCESSING",
+            SourceState::Error => "ERROR",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct StatusInner {
+    state: SourceState,
+    message: Option<String>,
+    last_processed_ms: Option<i64>,
+    records_processed: u64,
+    bad_records: u64,
+    /// Per shard or partition: milliseconds behind (Kinesis) or messages behind (Kafka).
+    lag: BTreeMap<String, i64>,
+    last_error: Option<(i64, String)>,
+}
+
+/// The live status of one source, shared by its tasks and the API.
+#[derive(Debug)]
+pub struct SourceStatus {
+    inner: Mutex<StatusInner>,
+    /// `lag_ms` for Kinesis, `lag_messages` for Kafka.
+    lag_key: &'static str,
+}
+
+impl SourceStatus {
+    pub fn new(lag_key: &'static str) -> Arc<SourceStatus> {
+        Arc::new(SourceStatus {
+            inner: Mutex::new(StatusInner {
+                state: SourceState::Initializing,
+                message: None,
+                last_processed_ms: None,
+                records_processed: 0,
+                bad_records: 0,
+                lag: BTreeMap::new(),
+                last_error: None,
+            }),
+            lag_key,
+        })
+    }
+
+    pub fn state(&self) -> SourceState {
+        self.inner.lock().state
+    }
+
+    /// Records an error and puts the source in ERROR until it makes progress again.
+    pub fn error(&self, message: impl Into<String>) {
+        let message = message.into();
+        let mut s = self.inner.lock();
+        s.state = SourceState::Error;
+        s.message = Some(message.clone());
+        s.last_error = Some((chrono::Utc::now().timestamp_millis(), message));
+    }
+
+    /// The source is connected and waiting for records.
+    pub fn watching(&self) {
+        let mut s = self.inner.lock();
+        if s.state != SourceState::Processing {
+            s.state = SourceState::Watching;
+            s.message = None;
+        }
+    }
+
+    /// The source is connected and has nothing to read right now; it shows WATCHING once
+    /// no records arrived for two seconds (other shards or partitions may still be busy).
+    pub fn idle(&self) {
+        let mut s = self.inner.lock();
+        let now = chrono::Utc::now().timestamp_millis();
+        if s.state == SourceState::Error || s.last_processed_ms.is_none_or(|t| now - t > 2_000) {
+            s.state = SourceState::Watching;
+            s.message = None;
+        }
+    }
+
+    pub fn processed(&self, records: u64, bad: u64) {
+        let mut s = self.inner.lock();
+        s.state = SourceState::Processing;
+        s.message = None;
+        s.records_processed += records;
+        s.bad_records += bad;
+        s.last_processed_ms = Some(chrono::Utc::now().timestamp_millis());
+    }
+
+    pub fn set_lag(&self, key: &str, lag: i64) {
+        self.inner.lock().lag.insert(key.to_owned(), lag);
+    }
+
+    pub fn remove_lag(&self, key: &str) {
+        self.inner.lock().lag.remove(key);
+    }
+
+    pub fn records_processed(&self) -> u64 {
+        self.inner.lock().records_processed
+    }
+
+    /// Rockset's source `status` object, with tarn's lag and counts.
+    pub fn to_json(&self) -> Value {
+        let s = self.inner.lock();
+        let mut out = json!({
+            "state": s.state.as_str(),
+            "records_processed": s.records_processed,
+            "bad_records": s.bad_records,
+            "lag": s.lag.iter().map(|(k, v)| json!({"id": k, self.lag_key: v})).collect::<Vec<_>>(),
+        });
+        if let Some(m) = &s.message {
+            out["message"] = json!(m);
+        }
+        if let Some(t) = s.last_processed_ms {
+            out["last_processed_at"] = json!(tarn_common::time::format_micros(t * 1000));
+        }
+        if let Some((t, m)) = &s.last_error {
+            out["last_error"] =
+                json!({"time": tarn_common::time::format_micros(t * 1000), "message": m});
+        }
+        out
+    }
+}
+
+/// A document to store: its body, its original text when unchanged, `_meta`, position.
+type Ready = (Map<String, Value>, Option<Vec<u8>>, Value, String);
+
+/// Everything a source needs to store what it reads.
+pub struct SourceSink {
+    pub collection: Arc<Collection>,
+    pub event_time_info: Option<EventTimeInfo>,
+    pub transform: Option<Arc<dyn IngestTransform>>,
+    pub status: Arc<SourceStatus>,
+    pub errors: Arc<IngestErrorLog>,
+    /// Names the source in the error log (`kinesis:twitter-stream`).
+    pub label: String,
+}
+
+impl SourceSink {
+    /// Parses, transforms and stores `records` in one log record together with
+    /// `checkpoints`, the positions just after them. Bad records go to the error log and
+    /// are passed over: the checkpoints cover them too. Returns once durable; on an error
+    /// nothing of the batch is stored and the caller retries from its old position.
+    pub async fn write(
+        &self,
+        records: Vec<RawRecord>,
+        checkpoints: Vec<(String, String)>,
+    ) -> TarnResult<()> {
+        let now_micros = tarn_common::time::now_micros();
+        let now_ms = now_micros / 1000;
+        let total = records.len() as u64;
+        let mut bad = Vec::new();
+        let mut parsed: Vec<(Map<String, Value>, RawRecord)> = Vec::with_capacity(records.len());
+        for r in records {
+            let value = value_depth(&r.data)
+                .map_err(|e| format!("the record is not valid JSON: {}", e.message))
+                .and_then(|depth| parse_limited(&r.data, depth));
+            match value {
+                Ok(Value::Object(m)) => parsed.push((m, r)),
+                Ok(other) => bad.push(IngestError {
+                    at_ms: now_ms,
+                    source: self.label.clone(),
+                    position: r.position,
+                    message: format!(
+                        "a record must be a JSON object, not {}",
+                        tarn_storage::document::json_kind(&other)
+                    ),
+                }),
+                Err(message) => bad.push(IngestError {
+                    at_ms: now_ms,
+                    source: self.label.clone(),
+                    position: r.position,
+                    message,
+                }),
+            }
+        }
+        let mut ready: Vec<Ready> = Vec::new();
+        match &self.transform {
+            None => {
+                ready.extend(
+                    parsed
+                        .into_iter()
+                        .map(|(body, r)| (body, Some(r.data), r.meta, r.position)),
+                );
+            }
+            Some(t) => {
+                let (bodies, raws): (Vec<_>, Vec<_>) = parsed.into_iter().unzip();
+                let meta = raws.first().map(|r| r.meta.clone()).unwrap_or(Value::Null);
+                let position = raws.first().map(|r| r.position.clone()).unwrap_or_default();
+                if !bodies.is_empty() {
+                    let (out, rejected) = t.apply(bodies).await?;
+                    for message in rejected {
+                        bad.push(IngestError {
+                            at_ms: now_ms,
+                            source: self.label.clone(),
+                            position: position.clone(),
+                            message,
+                        });
+                    }
+                    ready.extend(
+                        out.into_iter()
+                            .map(|body| (body, None, meta.clone(), position.clone())),
+                    );
+                }
+            }
+        }
+        let mut docs: Vec<(Document, Vec<u8>)> = Vec::with_capacity(ready.len());
+        for (body, raw, meta, position) in ready {
+            let ctx = IngestContext {
+                event_time_info: self.event_time_info.as_ref(),
+                now_micros,
+                meta: &meta,
+            };
+            let value = Value::Object(body);
+            let text = match raw {
+                Some(t) => t,
+                None => serde_json::to_vec(&value).expect("JSON values serialize"),
+            };
+            match prepare(value, &ctx) {
+                Ok(d) => docs.push((d, text)),
+                Err(message) => bad.push(IngestError {
+                    at_ms: now_ms,
+                    source: self.label.clone(),
+                    position,
+                    message,
+                }),
+            }
+        }
+        let bad_count = bad.len() as u64;
+        self.collection.insert(docs, checkpoints).await?;
+        self.errors.record(bad);
+        self.status.processed(total, bad_count);
+        Ok(())
+    }
+}
