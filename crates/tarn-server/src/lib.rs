@@ -1,8 +1,10 @@
 //! tarn's HTTP server: the Rockset v1 REST API over the storage engine, the query engine and
 //! the stream sources.
 
+pub mod dashboards;
 pub mod error;
 pub mod routes;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -21,6 +23,8 @@ pub struct AppState {
     pub storage: Arc<Storage>,
     pub engine: Arc<QueryEngine>,
     pub sources: Arc<SourceManager>,
+    pub dashboards: Arc<dashboards::DashboardStore>,
+    pub live: Arc<dashboards::LiveHub>,
 }
 
 /// A `field_mapping_query` as the ingest layer runs it.
@@ -46,10 +50,14 @@ impl AppState {
             Ok(Arc::new(SqlTransform(mapping)) as Arc<dyn IngestTransform>)
         });
         let sources = SourceManager::new(storage.clone(), integrations, Some(transforms));
+        let dashboards = Arc::new(dashboards::DashboardStore::open(storage.dir())?);
+        let live = dashboards::LiveHub::new(engine.clone(), storage.clone());
         Ok(AppState {
             storage,
             engine,
             sources,
+            dashboards,
+            live,
         })
     }
 

@@ -52,8 +52,22 @@ pub fn router(state: AppState) -> Router {
             "/integrations/{name}",
             get(get_integration).delete(delete_integration),
         )
+        .route("/ws/{ws}/collections/{c}/schema", get(collection_schema))
+        .route("/dashboards", post(create_dashboard).get(list_dashboards))
+        .route(
+            "/dashboards/{name}",
+            get(get_dashboard)
+                .put(update_dashboard)
+                .delete(delete_dashboard),
+        )
+        .route("/dashboards/{name}/panels/{panel}/live", get(panel_live))
+        .route("/live/stats", get(live_stats))
         .route("/queries", post(run_query));
     Router::new()
+        .route("/", get(crate::ui::root))
+        .route("/ui", get(crate::ui::root))
+        .route("/ui/", get(crate::ui::index))
+        .route("/ui/{*path}", get(crate::ui::file))
         .route("/health", get(health))
         .nest("/v1/orgs/self", v1)
         .with_state(state)
@@ -377,6 +391,114 @@ async fn add_documents(
         })
         .collect();
     Ok(Json(json!({"data": data})))
+}
+
+async fn collection_schema(
+    State(st): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let (_, c) = st.storage.get_collection(&ws, &name)?;
+    let fields = tarn_storage::summary::field_summary(&c.snapshot());
+    Ok(Json(json!({"data": fields})))
+}
+
+async fn create_dashboard(State(st): State<AppState>, body: Body) -> ApiResult<impl IntoResponse> {
+    let d = crate::dashboards::Dashboard::parse(&read_body(body).await?)?;
+    let store = st.dashboards.clone();
+    let d = tokio::task::spawn_blocking(move || store.put(d, false))
+        .await
+        .map_err(|e| TarnError::internal(e.to_string()))??;
+    Ok(Json(json!({"data": d})))
+}
+
+async fn update_dashboard(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
+    let d = crate::dashboards::Dashboard::parse(&read_body(body).await?)?;
+    if d.name != name {
+        return Err(TarnError::invalid(format!(
+            "the dashboard is named '{}' but the path names '{name}'",
+            d.name
+        ))
+        .into());
+    }
+    st.dashboards.get(&name)?;
+    let store = st.dashboards.clone();
+    let d = tokio::task::spawn_blocking(move || store.put(d, true))
+        .await
+        .map_err(|e| TarnError::internal(e.to_string()))??;
+    Ok(Json(json!({"data": d})))
+}
+
+async fn list_dashboards(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(json!({"data": st.dashboards.list()})))
+}
+
+async fn get_dashboard(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(json!({"data": st.dashboards.get(&name)?})))
+}
+
+async fn delete_dashboard(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let store = st.dashboards.clone();
+    let d = tokio::task::spawn_blocking(move || store.delete(&name))
+        .await
+        .map_err(|e| TarnError::internal(e.to_string()))??;
+    Ok(Json(json!({"data": d})))
+}
+
+/// Server-sent events: the panel's latest result now, then each new one. Viewers of the
+/// same panel and parameters share one feed (see `LiveHub`).
+async fn panel_live(
+    State(st): State<AppState>,
+    Path((name, panel)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<impl IntoResponse> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let d = st.dashboards.get(&name)?;
+    let p = d.panel(&panel)?.clone();
+    let params: Vec<(String, String)> = d
+        .params
+        .iter()
+        .map(|pa| {
+            (
+                pa.name.clone(),
+                query
+                    .get(&pa.name)
+                    .cloned()
+                    .unwrap_or_else(|| pa.default.clone()),
+            )
+        })
+        .collect();
+    let rx = st.live.subscribe(&d, &p, params);
+    // The latest result at once (when there is one), then each new one.
+    let stream = futures::stream::unfold((rx, true), |(mut rx, first)| async move {
+        if !first && rx.changed().await.is_err() {
+            return None;
+        }
+        loop {
+            let latest = rx.borrow_and_update().clone();
+            if let Some(text) = latest {
+                let event = Event::default().data(text.as_str());
+                return Some((Ok::<_, std::convert::Infallible>(event), (rx, false)));
+            }
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+async fn live_stats(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(st.live.stats()))
 }
 
 async fn list_ingest_errors(

@@ -13,6 +13,7 @@ pub mod collection;
 pub mod document;
 pub mod jsonscan;
 pub mod segment;
+pub mod summary;
 pub mod to_json;
 pub mod types;
 pub mod wal;

@@ -28,6 +28,15 @@ pub struct BenchArgs {
     /// Scratch directory (deleted afterwards).
     #[arg(long, default_value = "./tarn-bench")]
     pub dir: PathBuf,
+    /// Run only the Kafka streaming benchmark: ingest through the Kafka source at each of
+    /// `--kafka-rates` tweets/s, then drain a backlog at full speed.
+    #[arg(long)]
+    pub kafka: bool,
+    #[arg(long, value_delimiter = ',', default_value = "5000,20000")]
+    pub kafka_rates: Vec<u64>,
+    /// Seconds of producing at each rate.
+    #[arg(long, default_value_t = 10)]
+    pub kafka_secs: u64,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -35,7 +44,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -66,6 +75,9 @@ fn dir_size(p: &Path) -> u64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.kafka {
+        return crate::bench_kafka::run(&args.dir, &args.kafka_rates, args.kafka_secs).await;
+    }
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;

@@ -1,16 +1,18 @@
-//! `tarn demo`: the server plus the collection `twitter-kinesis-demo` fed by generated tweets.
+//! `tarn demo`: the server, the collection `twitter-kinesis-demo` fed by generated tweets
+//! through an in-process Kafka stream, and the live dashboard.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::mocking::MockCluster;
 use serde_json::json;
-use tarn_storage::document::{IngestContext, prepare};
-use tarn_storage::{CollectionOptions, DEFAULT_WORKSPACE, EventTimeInfo, Storage};
+use tarn_ingest::producer::KafkaWriter;
+use tarn_storage::{CollectionOptions, DEFAULT_WORKSPACE, EventTimeInfo};
 
 use crate::tweets::TweetGenerator;
 use crate::{DemoArgs, serve};
 
 pub const DEMO_COLLECTION: &str = "twitter-kinesis-demo";
+const DEMO_INTEGRATION: &str = "demo-stream";
 
 /// The tutorial's dashboard queries, with its two typos fixed.
 pub const TUTORIAL_QUERIES: [(&str, &str); 6] = [
@@ -55,51 +57,99 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let rate = args.rate.max(1);
     serve(
         args.serve,
-        Some(Box::new(move |storage: Arc<Storage>, addr| {
-            std::thread::Builder::new()
-                .name("tarn-demo-producer".into())
-                .spawn(move || {
-                    if let Err(e) = produce(storage, rate) {
-                        tracing::error!(error = %e, "the demo producer stopped");
-                    }
-                })
-                .expect("spawning the demo producer");
-            println!("tarn demo: collection '{DEMO_COLLECTION}' receives {rate} tweets/s");
-            println!("query it:");
+        Some(Box::new(move |state: tarn_server::AppState, addr| {
+            if let Err(e) = start(&state, rate) {
+                tracing::error!(error = %e, "the demo could not start its stream");
+                return;
+            }
+            println!("tarn demo: collection '{DEMO_COLLECTION}' reads {rate} tweets/s from an in-process Kafka stream");
+            println!("dashboard: http://{addr}/ui/#/d/tweets");
+            println!("console:   http://{addr}/ui/#/console");
             println!(
-                "  curl -s http://{addr}/v1/orgs/self/queries -H 'Content-Type: application/json' \\\n    -d '{{\"sql\":{{\"query\":\"SELECT count(*) FROM \\\"{DEMO_COLLECTION}\\\"\"}}}}'"
+                "or query:  curl -s http://{addr}/v1/orgs/self/queries -H 'Content-Type: application/json' \\\n    -d '{{\"sql\":{{\"query\":\"SELECT count(*) FROM \\\"{DEMO_COLLECTION}\\\"\"}}}}'"
             );
         })),
     )
     .await
 }
 
-/// Feeds the demo collection through the same ingest path as the documents API.
-fn produce(storage: Arc<Storage>, rate: u64) -> anyhow::Result<()> {
-    let collection = match storage.get_collection(DEFAULT_WORKSPACE, DEMO_COLLECTION) {
-        Ok((_, c)) => c,
-        Err(_) => {
-            let options = CollectionOptions {
-                event_time_info: Some(EventTimeInfo {
-                    field: "timestamp_ms".into(),
-                    format: Some("milliseconds_since_epoch".into()),
-                    time_zone: None,
-                }),
-                retention_secs: Some(3_600),
+/// The demo's stream: librdkafka's mock cluster in this process, fed by the tweet
+/// generator, read by the collection through the real Kafka source (the same code that
+/// reads a real broker). The collection is created afresh on each run: the stream is new.
+fn start(state: &tarn_server::AppState, rate: u64) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<String>>();
+    std::thread::Builder::new()
+        .name("tarn-demo-stream".into())
+        .spawn(move || {
+            let cluster = match MockCluster::new(1).and_then(|c| {
+                c.create_topic("tweets", 4, 1)?;
+                Ok(c)
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("cannot start the demo stream: {e}")));
+                    return;
+                }
             };
-            storage
-                .create_collection(
-                    DEFAULT_WORKSPACE,
-                    DEMO_COLLECTION,
-                    "tweets from the built-in producer",
-                    options,
-                    Default::default(),
-                )?
-                .1
-        }
+            let bootstrap = cluster.bootstrap_servers();
+            let _ = tx.send(Ok(bootstrap.clone()));
+            if let Err(e) = produce(&bootstrap, rate) {
+                tracing::error!(error = %e, "the demo producer stopped");
+            }
+            drop(cluster);
+        })?;
+    let bootstrap = rx.recv()??;
+    let integrations = state.sources.integrations();
+    let _ = integrations.delete(DEMO_INTEGRATION);
+    let mut body = serde_json::Map::new();
+    body.insert("name".into(), json!(DEMO_INTEGRATION));
+    body.insert(
+        "description".into(),
+        json!("the demo's in-process Kafka stream"),
+    );
+    body.insert(
+        "kafka".into(),
+        json!({"bootstrap_servers": bootstrap, "kafka_topic_names": ["tweets"], "kafka_data_format": "JSON"}),
+    );
+    integrations.create(body)?;
+    if let Ok((info, _)) = state
+        .storage
+        .get_collection(DEFAULT_WORKSPACE, DEMO_COLLECTION)
+    {
+        state.sources.stop(&info.uuid);
+        state
+            .storage
+            .delete_collection(DEFAULT_WORKSPACE, DEMO_COLLECTION)?;
+    }
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "sources".into(),
+        json!([{"integration_name": DEMO_INTEGRATION, "kafka": {"kafka_topic_name": "tweets", "offset_reset_policy": "EARLIEST"}}]),
+    );
+    state.sources.validate(&extra)?;
+    let options = CollectionOptions {
+        event_time_info: Some(EventTimeInfo {
+            field: "timestamp_ms".into(),
+            format: Some("milliseconds_since_epoch".into()),
+            time_zone: None,
+        }),
+        retention_secs: Some(3_600),
     };
-    let info = collection.options().event_time_info.clone();
-    let meta = json!({"source": "demo-producer"});
+    let (info, c) = state.storage.create_collection(
+        DEFAULT_WORKSPACE,
+        DEMO_COLLECTION,
+        "tweets from the built-in producer, through an in-process Kafka stream",
+        options,
+        extra,
+    )?;
+    state.sources.start(&info, &c)?;
+    Ok(())
+}
+
+/// Writes generated tweets into the demo topic at `rate` per second.
+fn produce(bootstrap: &str, rate: u64) -> anyhow::Result<()> {
+    let writer =
+        KafkaWriter::connect(&format!("kafka://{bootstrap}/tweets")).map_err(anyhow::Error::msg)?;
     let mut generator = TweetGenerator::new(
         rand::random(),
         vec!["music".into(), "facebook".into(), "apple".into()],
@@ -109,18 +159,10 @@ fn produce(storage: Arc<Storage>, rate: u64) -> anyhow::Result<()> {
     let mut next = Instant::now();
     loop {
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let ctx = IngestContext {
-            event_time_info: info.as_ref(),
-            now_micros: now_ms * 1000,
-            meta: &meta,
-        };
-        let mut docs = Vec::with_capacity(per_tick);
-        for _ in 0..per_tick {
-            let tweet = generator.tweet(now_ms);
-            let text = serde_json::to_vec(&tweet)?;
-            docs.push((prepare(tweet, &ctx).map_err(anyhow::Error::msg)?, text));
-        }
-        collection.insert_blocking(docs, Vec::new())?;
+        let batch: Vec<Vec<u8>> = (0..per_tick)
+            .map(|_| serde_json::to_vec(&generator.tweet(now_ms)).expect("JSON values serialize"))
+            .collect();
+        writer.send(&batch).map_err(anyhow::Error::msg)?;
         next += tick;
         if let Some(wait) = next.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);

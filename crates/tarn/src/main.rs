@@ -1,13 +1,13 @@
 //! The `tarn` command: `serve` runs the database; `demo` runs it with a built-in tweet stream.
 
 mod bench;
+mod bench_kafka;
 mod demo;
 mod produce;
 mod tweets;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// Seal the mutable segment after this many seconds.
     #[arg(long, env = "TARN_SEAL_SECS", default_value_t = SealPolicy::default().max_age.as_secs())]
     pub seal_secs: u64,
+    /// A dashboard document (JSON) to load at start, replacing one of the same name;
+    /// may be given more than once.
+    #[arg(long = "dashboard", value_name = "FILE")]
+    pub dashboards: Vec<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -96,7 +100,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Called once the server accepts requests, with its storage and address.
-pub type OnReady = Box<dyn FnOnce(Arc<Storage>, SocketAddr) + Send>;
+pub type OnReady = Box<dyn FnOnce(tarn_server::AppState, SocketAddr) + Send>;
 
 /// Opens the data directory, serves until SIGINT or SIGTERM, then stops cleanly.
 /// `on_ready` runs once the server accepts requests.
@@ -114,9 +118,16 @@ pub async fn serve(args: ServeArgs, on_ready: Option<OnReady>) -> anyhow::Result
     // A machine-readable line for scripts and tests that start tarn on port 0.
     println!("tarn listening on http://{addr}");
     let state = tarn_server::AppState::new(storage.clone())?;
+    for file in &args.dashboards {
+        let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let d = tarn_server::dashboards::Dashboard::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.message))?;
+        tracing::info!(dashboard = %d.name, file = %file.display(), "dashboard loaded");
+        state.dashboards.put(d, true)?;
+    }
     state.start_sources();
     if let Some(f) = on_ready {
-        f(storage.clone(), addr);
+        f(state.clone(), addr);
     }
     tarn_server::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("shutting down");

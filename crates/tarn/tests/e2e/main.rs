@@ -8,3 +8,4 @@ mod peers;
 mod roundtrip;
 mod support;
 mod tutorial;
+mod ui;

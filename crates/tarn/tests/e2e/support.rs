@@ -26,8 +26,13 @@ impl TestServer {
     /// Starts `tarn serve` on a free port with `data_dir`; panics (fails the test) if it
     /// does not become healthy within 60 s.
     pub fn start(data_dir: &Path, extra: &[&str]) -> TestServer {
+        Self::start_command("serve", data_dir, extra)
+    }
+
+    /// Starts `tarn COMMAND` (`serve` or `demo`) like [`TestServer::start`].
+    pub fn start_command(command: &str, data_dir: &Path, extra: &[&str]) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tarn"))
-            .args(["serve", "--data-dir"])
+            .args([command, "--data-dir"])
             .arg(data_dir)
             .args(["--http", "127.0.0.1:0"])
             .args(extra)

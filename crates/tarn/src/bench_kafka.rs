@@ -1,0 +1,172 @@
+//! `tarn bench --kafka`: sustained ingest from a Kafka topic (librdkafka's mock cluster, in
+//! this process) through the real Kafka source: freshness from produce to counted by a
+//! query at given rates, and the highest rate the source drains a backlog at.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::mocking::MockCluster;
+use serde_json::json;
+use tarn_ingest::producer::KafkaWriter;
+use tarn_sql::QueryRequest;
+use tarn_storage::{DEFAULT_WORKSPACE, SealPolicy, Storage};
+
+use crate::bench::percentile;
+use crate::tweets::TweetGenerator;
+
+/// Creates a collection reading `topic` through the real source manager.
+fn kafka_collection(
+    state: &tarn_server::AppState,
+    name: &str,
+    topic: &str,
+) -> anyhow::Result<Arc<tarn_storage::Collection>> {
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "sources".into(),
+        json!([{"integration_name": "bench-kafka", "kafka": {"kafka_topic_name": topic, "offset_reset_policy": "EARLIEST"}}]),
+    );
+    state.sources.validate(&extra)?;
+    let (info, c) =
+        state
+            .storage
+            .create_collection(DEFAULT_WORKSPACE, name, "", Default::default(), extra)?;
+    state.sources.start(&info, &c)?;
+    Ok(c)
+}
+
+async fn count(state: &tarn_server::AppState, name: &str) -> anyhow::Result<u64> {
+    let out = state
+        .engine
+        .query(&QueryRequest {
+            sql: format!("SELECT COUNT(*) AS n FROM {name}"),
+            ..Default::default()
+        })
+        .await?;
+    Ok(out.results[0]["n"].as_u64().unwrap_or(0))
+}
+
+pub async fn run(dir: &std::path::Path, rates: &[u64], secs: u64) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cluster = MockCluster::new(1).context("starting librdkafka's mock cluster")?;
+    let bootstrap = cluster.bootstrap_servers();
+    let storage = Storage::open(&dir.join("data"), SealPolicy::default())?;
+    let state = tarn_server::AppState::new(storage.clone())?;
+    let mut body = serde_json::Map::new();
+    body.insert("name".into(), json!("bench-kafka"));
+    body.insert(
+        "kafka".into(),
+        json!({"bootstrap_servers": bootstrap, "kafka_data_format": "JSON"}),
+    );
+    state.sources.integrations().create(body)?;
+    let mut generator =
+        TweetGenerator::new(7, vec!["music".into(), "facebook".into(), "apple".into()]);
+
+    for (round, &rate) in rates.iter().enumerate() {
+        let topic = format!("steady-{round}");
+        cluster.create_topic(&topic, 4, 1)?;
+        let name = format!("steady{round}");
+        let c = kafka_collection(&state, &name, &topic)?;
+        let total = (rate * secs) as usize;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let tweets: Vec<Vec<u8>> = (0..total)
+            .map(|_| serde_json::to_vec(&generator.tweet(now_ms)).expect("JSON"))
+            .collect();
+        let bytes: usize = tweets.iter().map(Vec::len).sum();
+        // Send time of each message, in microseconds since `epoch`.
+        let epoch = Instant::now();
+        let sent_us: Arc<Vec<AtomicU64>> =
+            Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+        let url = format!("kafka://{bootstrap}/{topic}");
+        let sent = sent_us.clone();
+        let producer = std::thread::spawn(move || -> anyhow::Result<()> {
+            let w = KafkaWriter::connect(&url).map_err(anyhow::Error::msg)?;
+            // 100 sends a second at the target rate.
+            let per_tick = (rate as usize / 100).max(1);
+            let mut next = Instant::now();
+            for (k, chunk) in tweets.chunks(per_tick).enumerate() {
+                let t = epoch.elapsed().as_micros() as u64;
+                for i in 0..chunk.len() {
+                    sent[k * per_tick + i].store(t, Ordering::Relaxed);
+                }
+                w.send(chunk).map_err(anyhow::Error::msg)?;
+                next += Duration::from_millis(10);
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            Ok(())
+        });
+        // Poll the count; a message counts as fresh when the count first covers it.
+        let mut fresh_ms = Vec::new();
+        let mut seen = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(secs * 4 + 30);
+        while seen < total && Instant::now() < deadline {
+            let n = count(&state, &name).await? as usize;
+            let now_us = epoch.elapsed().as_micros() as u64;
+            for i in seen..n.min(total) {
+                let s = sent_us[i].load(Ordering::Relaxed);
+                if s > 0 && i % 10 == 0 {
+                    fresh_ms.push((now_us.saturating_sub(s)) as f64 / 1e3);
+                }
+            }
+            seen = seen.max(n);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        producer
+            .join()
+            .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+        let elapsed = epoch.elapsed().as_secs_f64();
+        let mb_s = bytes as f64 / 1e6 / (secs as f64);
+        if fresh_ms.is_empty() {
+            println!("kafka {rate}/s: nothing arrived");
+            continue;
+        }
+        println!(
+            "kafka at {rate} tweets/s ({mb_s:.1} MB/s offered): {seen} of {total} stored in {elapsed:.1} s; freshness (produced → counted by a query) p50 {:.1} ms, p99 {:.1} ms",
+            percentile(&mut fresh_ms, 0.5),
+            percentile(&mut fresh_ms, 0.99)
+        );
+        drop(c);
+    }
+
+    // The highest rate: a backlog already in the topic, drained by a new collection.
+    let backlog = rates.iter().max().copied().unwrap_or(20_000) as usize * secs as usize;
+    cluster.create_topic("backlog", 4, 1)?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let tweets: Vec<Vec<u8>> = (0..backlog)
+        .map(|_| serde_json::to_vec(&generator.tweet(now_ms)).expect("JSON"))
+        .collect();
+    let bytes: usize = tweets.iter().map(Vec::len).sum();
+    let w = KafkaWriter::connect(&format!("kafka://{bootstrap}/backlog"))
+        .map_err(anyhow::Error::msg)?;
+    for chunk in tweets.chunks(5_000) {
+        w.send(chunk).map_err(anyhow::Error::msg)?;
+    }
+    drop(w);
+    let started = Instant::now();
+    let _c = kafka_collection(&state, "backlog", "backlog")?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while (count(&state, "backlog").await? as usize) < backlog {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the backlog was not drained in 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs_taken = started.elapsed().as_secs_f64();
+    let mbps = bytes as f64 / 1e6 / secs_taken;
+    println!(
+        "kafka backlog of {backlog} tweets ({:.0} MB) drained in {secs_taken:.1} s: {:.0} tweets/s, {mbps:.1} MB/s ({:.1} MB/s per core over {cores} cores)",
+        bytes as f64 / 1e6,
+        backlog as f64 / secs_taken,
+        mbps / cores
+    );
+    state.sources.stop_all();
+    storage.close();
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
