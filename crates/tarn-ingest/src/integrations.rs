@@ -150,19 +150,29 @@ impl Integration {
     }
 }
 
-/// Removes secret values, at any depth.
+/// Masks secret values, at any depth. The keys stay (Rockset's clients require them in
+/// their models); the values become a fixed mask.
 fn redact(v: &mut Value) {
     match v {
         Value::Object(m) => {
-            m.retain(|k, _| !SECRET_KEYS.contains(&k.as_str()));
-            // librdkafka settings such as `sasl.password` inside client_config.
-            m.retain(|k, _| !k.ends_with(".password") && !k.ends_with("key.pem"));
-            m.values_mut().for_each(redact);
+            for (k, val) in m.iter_mut() {
+                let secret = SECRET_KEYS.contains(&k.as_str())
+                    || k.ends_with(".password")
+                    || k.ends_with("key.pem");
+                if secret {
+                    *val = Value::String(MASK.into());
+                } else {
+                    redact(val);
+                }
+            }
         }
         Value::Array(a) => a.iter_mut().for_each(redact),
         _ => {}
     }
 }
+
+/// What a secret shows as.
+pub const MASK: &str = "********";
 
 /// Checks an integration create request; the error says what is missing.
 fn validate(name: &str, settings: &Map<String, Value>) -> TarnResult<()> {

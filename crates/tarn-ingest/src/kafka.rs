@@ -138,6 +138,9 @@ async fn consume(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
+        // A fetch with nothing to return waits at most this long at the broker: this bounds
+        // how stale an idle partition's next record can be (librdkafka's default is 500).
+        .set("fetch.wait.max.ms", "10")
         .set(
             "auto.offset.reset",
             match spec.start {

@@ -323,6 +323,38 @@ impl SourceManager {
     }
 }
 
+/// Rewrites Rockset 2.x's flat source form (`{"integration_name", "stream_name", ...}` from
+/// its `KinesisSourceWrapper`, `{"integration_name", "kafka_topic_name", ...}` from
+/// `KafkaSourceWrapper`) into the nested form (`{"integration_name", "kinesis": {...}}`)
+/// that tarn stores and every client reads back.
+pub fn normalize_sources(request: &mut Map<String, Value>) {
+    let Some(Value::Array(sources)) = request.get_mut("sources") else {
+        return;
+    };
+    for s in sources.iter_mut() {
+        let Value::Object(m) = s else { continue };
+        if m.contains_key("kinesis") || m.contains_key("kafka") {
+            continue;
+        }
+        let kind = if m.contains_key("stream_name") {
+            "kinesis"
+        } else if m.contains_key("kafka_topic_name") {
+            "kafka"
+        } else {
+            continue;
+        };
+        let mut inner = Map::new();
+        for key in m.keys().cloned().collect::<Vec<_>>() {
+            if key != "integration_name" && key != "status" {
+                if let Some(v) = m.remove(&key) {
+                    inner.insert(key, v);
+                }
+            }
+        }
+        m.insert(kind.into(), Value::Object(inner));
+    }
+}
+
 /// The `field_mapping_query.sql` of a create request, if any.
 pub fn field_mapping_sql(request: &Map<String, Value>) -> TarnResult<Option<String>> {
     match request.get("field_mapping_query") {

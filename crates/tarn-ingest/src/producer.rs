@@ -222,6 +222,20 @@ impl KafkaWriter {
 
     /// Sends every message and waits until the brokers acknowledged them.
     pub fn send(&self, records: &[Vec<u8>]) -> Result<(), String> {
+        self.enqueue(records)?;
+        self.flush()
+    }
+
+    /// Waits until every enqueued message is acknowledged.
+    pub fn flush(&self) -> Result<(), String> {
+        self.producer
+            .flush(Duration::from_secs(30))
+            .map_err(|e| format!("flushing to '{}' failed: {e}", self.topic))
+    }
+
+    /// Hands messages to the producer's queue without waiting for acknowledgements (they
+    /// go out within `linger.ms`); [`KafkaWriter::flush`] waits for them.
+    pub fn enqueue(&self, records: &[Vec<u8>]) -> Result<(), String> {
         for r in records {
             let mut record: BaseRecord<'_, (), [u8]> = BaseRecord::to(&self.topic).payload(r);
             loop {
@@ -241,8 +255,7 @@ impl KafkaWriter {
                 }
             }
         }
-        self.producer
-            .flush(Duration::from_secs(30))
-            .map_err(|e| format!("flushing to '{}' failed: {e}", self.topic))
+        self.producer.poll(Duration::ZERO);
+        Ok(())
     }
 }

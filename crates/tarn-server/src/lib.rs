@@ -1,8 +1,11 @@
 //! tarn's HTTP server: the Rockset v1 REST API over the storage engine, the query engine and
 //! the stream sources.
 
+pub mod auth;
 pub mod dashboards;
 pub mod error;
+pub mod lambdas;
+pub mod patch;
 pub mod routes;
 pub mod ui;
 
@@ -25,6 +28,10 @@ pub struct AppState {
     pub sources: Arc<SourceManager>,
     pub dashboards: Arc<dashboards::DashboardStore>,
     pub live: Arc<dashboards::LiveHub>,
+    pub keys: Arc<auth::ApiKeys>,
+    pub lambdas: Arc<lambdas::LambdaStore>,
+    /// True when requests without a key are served: loopback listener and no key exists.
+    pub open_without_keys: bool,
 }
 
 /// A `field_mapping_query` as the ingest layer runs it.
@@ -52,12 +59,17 @@ impl AppState {
         let sources = SourceManager::new(storage.clone(), integrations, Some(transforms));
         let dashboards = Arc::new(dashboards::DashboardStore::open(storage.dir())?);
         let live = dashboards::LiveHub::new(engine.clone(), storage.clone());
+        let keys = Arc::new(auth::ApiKeys::open(storage.dir())?);
+        let lambdas = Arc::new(lambdas::LambdaStore::open(storage.dir())?);
         Ok(AppState {
             storage,
             engine,
             sources,
             dashboards,
             live,
+            keys,
+            lambdas,
+            open_without_keys: true,
         })
     }
 

@@ -1,8 +1,6 @@
 //! The REST routes: health, workspaces, collections, documents, integrations and queries, in
 //! Rockset's shapes.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -38,7 +36,42 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/ws/{ws}/collections/{c}/docs",
-            post(add_documents).delete(delete_documents),
+            post(add_documents)
+                .delete(delete_documents)
+                .patch(crate::patch::patch_documents),
+        )
+        .route(
+            "/users/{user}/apikeys",
+            post(crate::auth::create_key).get(crate::auth::list_keys),
+        )
+        .route(
+            "/users/{user}/apikeys/{name}",
+            get(crate::auth::get_key).delete(crate::auth::revoke_key),
+        )
+        .route("/lambdas", get(crate::lambdas::list_all))
+        .route(
+            "/ws/{ws}/lambdas",
+            post(crate::lambdas::create).get(crate::lambdas::list_workspace),
+        )
+        .route(
+            "/ws/{ws}/lambdas/{name}",
+            get(crate::lambdas::get_lambda).delete(crate::lambdas::delete_lambda),
+        )
+        .route(
+            "/ws/{ws}/lambdas/{name}/versions",
+            post(crate::lambdas::add_version).get(crate::lambdas::list_versions),
+        )
+        .route(
+            "/ws/{ws}/lambdas/{name}/versions/{version}",
+            get(crate::lambdas::get_version).post(crate::lambdas::execute_version),
+        )
+        .route(
+            "/ws/{ws}/lambdas/{name}/tags",
+            post(crate::lambdas::create_tag).get(crate::lambdas::list_tags),
+        )
+        .route(
+            "/ws/{ws}/lambdas/{name}/tags/{tag}",
+            get(crate::lambdas::get_tag).post(crate::lambdas::execute_tag),
         )
         .route(
             "/ws/{ws}/collections/{c}/ingest-errors",
@@ -62,7 +95,17 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/dashboards/{name}/panels/{panel}/live", get(panel_live))
         .route("/live/stats", get(live_stats))
-        .route("/queries", post(run_query));
+        .route("/queries", post(run_query))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_key,
+        ));
+    // Browser clients on other origins (the original dashboard's page) may call the API.
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods(tower_http::cors::Any)
+        .allow_headers(tower_http::cors::Any)
+        .max_age(std::time::Duration::from_secs(3600));
     Router::new()
         .route("/", get(crate::ui::root))
         .route("/ui", get(crate::ui::root))
@@ -70,7 +113,25 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/{*path}", get(crate::ui::file))
         .route("/health", get(health))
         .nest("/v1/orgs/self", v1)
+        .layer(cors)
         .with_state(state)
+}
+
+/// Every API route needs a valid key, unless the server runs open (loopback, no keys).
+async fn require_key(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match crate::auth::check(
+        &st.keys,
+        st.open_without_keys,
+        req.headers(),
+        req.uri().query(),
+    ) {
+        Ok(()) => next.run(req).await,
+        Err(e) => crate::error::ApiError(e).into_response(),
+    }
 }
 
 async fn health() -> impl IntoResponse {
@@ -78,7 +139,7 @@ async fn health() -> impl IntoResponse {
 }
 
 /// Reads a body up to the documented limit; larger bodies get 413.
-async fn read_body(body: Body) -> TarnResult<Bytes> {
+pub(crate) async fn read_body(body: Body) -> TarnResult<Bytes> {
     // A declared length over the limit is refused before reading a byte of it.
     let declared = axum::body::HttpBody::size_hint(&body).lower();
     if declared > MAX_REQUEST_BYTES as u64 {
@@ -101,7 +162,7 @@ async fn read_body(body: Body) -> TarnResult<Bytes> {
 }
 
 /// Parses a JSON body into `T`; an empty body is `{}`. Errors say where the JSON is wrong.
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> TarnResult<T> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> TarnResult<T> {
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -238,6 +299,7 @@ async fn create_collection(
     };
     let mut extra = req.extra;
     extra.retain(|_, v| !v.is_null());
+    tarn_ingest::manager::normalize_sources(&mut extra);
     // Sources and the field mapping are checked before anything is created.
     st.sources.validate(&extra)?;
     let (info, c) = st.storage.create_collection(
@@ -635,13 +697,17 @@ struct SqlBody {
 
 async fn run_query(State(st): State<AppState>, body: Body) -> ApiResult<impl IntoResponse> {
     let req: QueryBody = parse_json(&read_body(body).await?)?;
-    let engine: Arc<tarn_sql::QueryEngine> = st.engine.clone();
     let q = QueryRequest {
         sql: req.sql.query,
         parameters: req.sql.parameters.unwrap_or_default(),
         default_row_limit: req.sql.default_row_limit,
     };
-    let out = engine.query(&q).await?;
+    Ok(Json(query_response(&st, &q).await?))
+}
+
+/// Runs a query and shapes Rockset's query response.
+pub(crate) async fn query_response(st: &AppState, q: &QueryRequest) -> TarnResult<Value> {
+    let out = st.engine.query(q).await?;
     let mut resp = json!({
         "query_id": out.query_id,
         "collections": out.collections,
@@ -654,5 +720,5 @@ async fn run_query(State(st): State<AppState>, body: Body) -> ApiResult<impl Int
     if !out.warnings.is_empty() {
         resp["warnings"] = json!(out.warnings);
     }
-    Ok(Json(resp))
+    Ok(resp)
 }

@@ -138,7 +138,7 @@ impl QueryEngine {
         sql: &str,
         params: &[QueryParameter],
     ) -> TarnResult<(datafusion::dataframe::DataFrame, Vec<String>)> {
-        let (statement, warnings, ctes) = self.dialect(sql, params)?;
+        let (mut statement, mut warnings, ctes) = self.dialect(sql, params)?;
         // The names to suggest are gathered only when planning fails.
         let err = |e| {
             let known = Known {
@@ -153,7 +153,30 @@ impl QueryEngine {
             query_error(e, sql, &known)
         };
         let state = self.ctx.state();
-        let plan = state.statement_to_plan(statement).await.map_err(err)?;
+        // A bare field no document has (`SELECT m FROM t`) is undefined, as in Rockset:
+        // DataFusion names it, it becomes NULL and the response warns. Qualified paths
+        // (`t.m`) were already handled by the dialect layer.
+        let mut attempts = 0;
+        let plan = loop {
+            match state.statement_to_plan(statement.clone()).await {
+                Ok(plan) => break plan,
+                Err(e) => match crate::paths::unknown_bare_field(&e) {
+                    Some((field, valid)) if attempts < 16 => {
+                        attempts += 1;
+                        if !crate::paths::replace_bare_identifier(&mut statement, &field) {
+                            return Err(err(e));
+                        }
+                        let mut w =
+                            format!("{field} does not occur in the collections the query reads");
+                        if let Some(s) = crate::paths::nearest(&field, &valid) {
+                            w.push_str(&format!("; did you mean {s}?"));
+                        }
+                        warnings.push(w);
+                    }
+                    _ => return Err(err(e)),
+                },
+            }
+        };
         let df = self.ctx.execute_logical_plan(plan).await.map_err(err)?;
         Ok((df, warnings))
     }

@@ -190,6 +190,71 @@ impl VisitorMut for Checker<'_> {
     }
 }
 
+/// The unqualified field a planning error says no table has, with the valid field names.
+pub fn unknown_bare_field(
+    e: &datafusion::common::DataFusionError,
+) -> Option<(String, Vec<String>)> {
+    use datafusion::common::{DataFusionError, SchemaError};
+    match e.find_root() {
+        DataFusionError::SchemaError(err, _) => match err.as_ref() {
+            SchemaError::FieldNotFound {
+                field,
+                valid_fields,
+            } if field.relation.is_none() => Some((
+                field.name.clone(),
+                valid_fields.iter().map(|c| c.name.clone()).collect(),
+            )),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Replaces every bare identifier `name` by NULL; false when there was none.
+pub fn replace_bare_identifier(
+    statement: &mut datafusion::sql::parser::Statement,
+    name: &str,
+) -> bool {
+    let datafusion::sql::parser::Statement::Statement(s) = statement else {
+        return false;
+    };
+    let mut replaced = false;
+    // In a projection the column keeps its name: `m` becomes `NULL AS m`.
+    let _ = datafusion::sql::sqlparser::ast::visit_statements_mut(s.as_mut(), |st| {
+        if let Statement::Query(q) = st {
+            name_null_projections(q, name, &mut replaced);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let _ = visit_expressions_mut(s.as_mut(), |e: &mut Expr| {
+        if let Expr::Identifier(i) = e
+            && i.value == name
+        {
+            *e = Expr::value(Value::Null);
+            replaced = true;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    replaced
+}
+
+fn name_null_projections(q: &mut Query, name: &str, replaced: &mut bool) {
+    if let SetExpr::Select(select) = q.body.as_mut() {
+        for item in select.projection.iter_mut() {
+            if let datafusion::sql::sqlparser::ast::SelectItem::UnnamedExpr(Expr::Identifier(i)) =
+                item
+                && i.value == name
+            {
+                *item = datafusion::sql::sqlparser::ast::SelectItem::ExprWithAlias {
+                    expr: Expr::value(Value::Null),
+                    alias: i.clone(),
+                };
+                *replaced = true;
+            }
+        }
+    }
+}
+
 /// Replaces undefined collection paths by NULL; returns the warnings to show the user.
 pub fn replace_undefined_paths(statement: &mut Statement, resolve: Resolver) -> Vec<String> {
     let mut c = Checker {

@@ -24,10 +24,10 @@ use tarn_common::TarnError;
 use crate::dialect::RocksetDialect;
 
 /// A query parameter as the REST API receives it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 pub struct QueryParameter {
     pub name: String,
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
     pub value: serde_json::Value,
 }

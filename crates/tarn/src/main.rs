@@ -35,6 +35,8 @@ enum Command {
     Serve(ServeArgs),
     /// Run the server with the collection `twitter-kinesis-demo` fed by generated tweets.
     Demo(DemoArgs),
+    /// Manage API keys: `tarn apikey create NAME`, `list`, `revoke NAME`.
+    Apikey(ApikeyArgs),
     /// Produce generated data: `tarn produce tweets SINK`.
     Produce(produce::ProduceArgs),
     /// Measure ingest, freshness and window queries; compare loading with DuckDB and chDB.
@@ -59,6 +61,54 @@ pub struct ServeArgs {
     /// may be given more than once.
     #[arg(long = "dashboard", value_name = "FILE")]
     pub dashboards: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct ApikeyArgs {
+    #[command(subcommand)]
+    action: ApikeyAction,
+    /// The data directory whose keys to manage (the server's `--data-dir`).
+    #[arg(
+        long,
+        env = "TARN_DATA_DIR",
+        default_value = "./tarn-data",
+        global = true
+    )]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ApikeyAction {
+    /// Create a key and print it (the only time it is shown).
+    Create { name: String },
+    /// List keys (names, last four characters, creation time).
+    List,
+    /// Revoke a key; requests with it are refused at once.
+    Revoke { name: String },
+}
+
+fn apikey(args: ApikeyArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)?;
+    let keys = tarn_server::auth::ApiKeys::open(&args.data_dir)?;
+    match args.action {
+        ApikeyAction::Create { name } => {
+            let (_, key) = keys.create(&name)?;
+            println!("{key}");
+            eprintln!(
+                "API key '{name}' created; send it as `Authorization: ApiKey KEY`. It is not shown again."
+            );
+        }
+        ApikeyAction::List => {
+            for k in keys.list() {
+                println!("{}\t****{}\t{}", k.name, k.last4, k.created_at);
+            }
+        }
+        ApikeyAction::Revoke { name } => {
+            keys.revoke(&name)?;
+            eprintln!("API key '{name}' revoked");
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -96,6 +146,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => rt.block_on(demo::run(args)),
         Command::Bench(args) => rt.block_on(bench::run(args)),
         Command::Produce(args) => produce::run(args),
+        Command::Apikey(args) => apikey(args),
     }
 }
 
@@ -117,7 +168,20 @@ pub async fn serve(args: ServeArgs, on_ready: Option<OnReady>) -> anyhow::Result
     tracing::info!(data_dir = %storage.dir().display(), "tarn listening on http://{addr}");
     // A machine-readable line for scripts and tests that start tarn on port 0.
     println!("tarn listening on http://{addr}");
-    let state = tarn_server::AppState::new(storage.clone())?;
+    let mut state = tarn_server::AppState::new(storage.clone())?;
+    state.open_without_keys = args.http.ip().is_loopback();
+    if state.keys.is_empty() {
+        if state.open_without_keys {
+            tracing::warn!(
+                "no API key exists: serving without authentication, on loopback only (create one with `tarn apikey create NAME`)"
+            );
+        } else {
+            tracing::warn!(
+                "no API key exists and {} is not loopback: every API request is refused until one is created with `tarn apikey create NAME`",
+                args.http
+            );
+        }
+    }
     for file in &args.dashboards {
         let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let d = tarn_server::dashboards::Dashboard::parse(&text)

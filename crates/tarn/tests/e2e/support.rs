@@ -31,7 +31,18 @@ impl TestServer {
 
     /// Starts `tarn COMMAND` (`serve` or `demo`) like [`TestServer::start`].
     pub fn start_command(command: &str, data_dir: &Path, extra: &[&str]) -> TestServer {
+        Self::start_with_env(command, data_dir, extra, &[])
+    }
+
+    /// [`TestServer::start_command`] with extra environment variables for the server.
+    pub fn start_with_env(
+        command: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tarn"))
+            .envs(env.iter().copied())
             .args([command, "--data-dir"])
             .arg(data_dir)
             .args(["--http", "127.0.0.1:0"])
