@@ -19,8 +19,22 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// An API key, when the server requires one, kept in this browser.
+function apiKey() {
+  return localStorage.getItem("tarn.apikey") || "";
+}
+
+function askForKey(message) {
+  const input = h("input", { id: "apikey", placeholder: "tarn_...", size: 50 });
+  const save = () => { localStorage.setItem("tarn.apikey", input.value.trim()); route(); };
+  main.replaceChildren(h("h1", {}, "API key"), h("p", {}, message),
+    h("p", {}, input, " ", h("button", { onclick: save }, "Use this key")),
+    h("p", { class: "muted" }, "Create one with `tarn apikey create NAME`."));
+}
+
 async function api(method, path, body) {
   const opts = { method, headers: {} };
+  if (apiKey()) opts.headers["Authorization"] = "ApiKey " + apiKey();
   if (body !== undefined) {
     opts.headers["Content-Type"] = "application/json";
     opts.body = JSON.stringify(body);
@@ -30,6 +44,7 @@ async function api(method, path, body) {
   if (!r.ok) {
     const e = new Error(v.message || r.statusText);
     e.body = v;
+    e.status = r.status;
     throw e;
   }
   return v;
@@ -157,7 +172,9 @@ function openPanel(dashboard, panel, params) {
   const body = h("div", { class: "body", "data-rows": "0" });
   const el = h("section", { class: "panel", id: "panel-" + panel.id, "data-viz": panel.viz }, h("h2", {}, panel.title), meta, body);
   const state = { panel, body, meta, chart: null, last: null };
-  const query = new URLSearchParams(params).toString();
+  const qp = new URLSearchParams(params);
+  if (apiKey()) qp.set("apikey", apiKey());
+  const query = qp.toString();
   const es = new EventSource(API + "/dashboards/" + encodeURIComponent(dashboard.name) + "/panels/" + encodeURIComponent(panel.id) + "/live" + (query ? "?" + query : ""));
   es.onmessage = (ev) => {
     const payload = JSON.parse(ev.data);
@@ -353,7 +370,8 @@ async function route() {
     else if (parts[0] === "collections") await showCollections();
     else await showDashboard("tweets", query);
   } catch (e) {
-    main.replaceChildren(h("div", { class: "error" }, e.message));
+    if (e.status === 401) askForKey(e.message);
+    else main.replaceChildren(h("div", { class: "error" }, e.message));
   }
 }
 

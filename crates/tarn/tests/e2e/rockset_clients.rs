@@ -153,3 +153,44 @@ fn rockset_client_2_1_2_covers_streams_queries_documents_and_lambdas() {
     println!("rockset 2.1.2: {report}");
     assert!(report["checks"].as_i64().unwrap() >= 25, "{report}");
 }
+
+#[test]
+fn a_page_on_another_origin_queries_with_an_api_key() {
+    let pw = repo_root().join(".deps/node_modules/playwright-core");
+    assert!(pw.join("package.json").exists(), "run scripts/test-deps");
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key(dir.path(), "browser");
+    let s = TestServer::start(dir.path(), &[]);
+    let (st, _) = with_key(
+        &s,
+        &key,
+        "POST",
+        "/v1/orgs/self/ws/commons/collections",
+        Some(json!({"name": "events"})),
+    );
+    assert_eq!(st, 200);
+    let (st, _) = with_key(
+        &s,
+        &key,
+        "POST",
+        "/v1/orgs/self/ws/commons/collections/events/docs",
+        Some(json!({"data": [{"a": 1}, {"a": 2}, {"a": 3}]})),
+    );
+    assert_eq!(st, 200);
+    let out = Command::new("node")
+        .arg(repo_root().join("crates/tarn/tests/e2e/js/cors.js"))
+        .arg(&s.base)
+        .arg(&key)
+        .arg(&pw)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["n"], "3", "the page read the results: {v}");
+    assert!(v["ms"].as_str().unwrap().parse::<u64>().is_ok(), "{v}");
+}
