@@ -345,10 +345,11 @@ pub fn normalize_sources(request: &mut Map<String, Value>) {
         };
         let mut inner = Map::new();
         for key in m.keys().cloned().collect::<Vec<_>>() {
-            if key != "integration_name" && key != "status" {
-                if let Some(v) = m.remove(&key) {
-                    inner.insert(key, v);
-                }
+            if key != "integration_name"
+                && key != "status"
+                && let Some(v) = m.remove(&key)
+            {
+                inner.insert(key, v);
             }
         }
         m.insert(kind.into(), Value::Object(inner));

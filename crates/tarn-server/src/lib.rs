@@ -6,6 +6,7 @@ pub mod dashboards;
 pub mod error;
 pub mod lambdas;
 pub mod patch;
+pub mod pg;
 pub mod routes;
 pub mod ui;
 

@@ -58,7 +58,9 @@ impl QueryEngine {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, DEFAULT_WORKSPACE)
             .with_create_default_catalog_and_schema(false)
-            .with_information_schema(false)
+            // information_schema.tables and .columns: workspaces as schemas, collections
+            // as tables (for Postgres tools and `SHOW TABLES`).
+            .with_information_schema(true)
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
         // Field names are case-sensitive in JSON, so identifiers are too.
         config.options_mut().sql_parser.enable_ident_normalization = false;

@@ -370,4 +370,29 @@ pub fn register(ctx: &SessionContext) {
     ] {
         ctx.register_udf(udf);
     }
+    // What Postgres tools ask when they connect (through tarn's Postgres endpoint).
+    for (name, value) in [
+        (
+            "version",
+            "PostgreSQL 16.0 (tarn) on x86_64, compiled by rustc",
+        ),
+        ("current_schema", DEFAULT_WORKSPACE_NAME),
+        ("current_database", "tarn"),
+        ("current_user", "tarn"),
+    ] {
+        let value = value.to_owned();
+        ctx.register_udf(datafusion::logical_expr::create_udf(
+            name,
+            vec![],
+            DataType::Utf8,
+            Volatility::Stable,
+            Arc::new(move |_| {
+                Ok(ColumnarValue::Scalar(
+                    datafusion::common::ScalarValue::Utf8(Some(value.clone())),
+                ))
+            }),
+        ));
+    }
 }
+
+const DEFAULT_WORKSPACE_NAME: &str = tarn_storage::DEFAULT_WORKSPACE;

@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// Seal the mutable segment after this many seconds.
     #[arg(long, env = "TARN_SEAL_SECS", default_value_t = SealPolicy::default().max_age.as_secs())]
     pub seal_secs: u64,
+    /// Address of the Postgres endpoint (port 0 picks a free port; `off` disables it).
+    #[arg(long, env = "TARN_PG", default_value = "127.0.0.1:5433")]
+    pub pg: String,
     /// A dashboard document (JSON) to load at start, replacing one of the same name;
     /// may be given more than once.
     #[arg(long = "dashboard", value_name = "FILE")]
@@ -190,6 +193,19 @@ pub async fn serve(args: ServeArgs, on_ready: Option<OnReady>) -> anyhow::Result
         state.dashboards.put(d, true)?;
     }
     state.start_sources();
+    if args.pg != "off" {
+        let pg_addr: SocketAddr = args
+            .pg
+            .parse()
+            .with_context(|| format!("--pg {} is not an address (or `off`)", args.pg))?;
+        let pg_listener = tokio::net::TcpListener::bind(pg_addr).await.with_context(|| {
+            format!("binding the Postgres endpoint on {pg_addr} (choose another with --pg ADDR, or --pg off)")
+        })?;
+        let local = pg_listener.local_addr()?;
+        tracing::info!("tarn Postgres endpoint on {local}");
+        println!("tarn pg listening on {local}");
+        tokio::spawn(tarn_server::pg::serve(pg_listener, state.clone()));
+    }
     if let Some(f) = on_ready {
         f(state.clone(), addr);
     }

@@ -5,6 +5,7 @@ mod crash;
 mod kafka;
 mod kinesis;
 mod peers;
+mod pg;
 mod rockset_clients;
 mod roundtrip;
 mod support;

@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 pub struct TestServer {
     child: Child,
     pub base: String,
+    /// The Postgres endpoint's address, when the server printed one.
+    pub pg: Option<String>,
     agent: ureq::Agent,
 }
 
@@ -45,7 +47,7 @@ impl TestServer {
             .envs(env.iter().copied())
             .args([command, "--data-dir"])
             .arg(data_dir)
-            .args(["--http", "127.0.0.1:0"])
+            .args(["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -56,7 +58,9 @@ impl TestServer {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("tarn listening on ") {
+                if let Some(addr) = line.strip_prefix("tarn pg listening on ") {
+                    let _ = tx.send(format!("pg {addr}"));
+                } else if let Some(addr) = line.strip_prefix("tarn listening on ") {
                     let _ = tx.send(addr.to_owned());
                 }
             }
@@ -64,9 +68,15 @@ impl TestServer {
         let base = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("tarn printed its address within 60 s");
+        // The Postgres address is printed right after the HTTP one.
+        let pg = rx
+            .recv_timeout(Duration::from_secs(10))
+            .ok()
+            .and_then(|l| l.strip_prefix("pg ").map(str::to_owned));
         let server = TestServer {
             child,
             base,
+            pg,
             agent: agent(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,0 +1,81 @@
+"""psycopg 3 against tarn's Postgres endpoint: extended protocol with server-side
+parameters, text and binary results with their types, what tools ask on connect,
+information_schema, a Grafana-style time-series query, and a wrong password refused.
+Results are checked against tarn's own SQL over HTTP.
+
+Usage: pg_clients.py HOST PORT API_KEY TARN_URL
+"""
+import datetime
+import json
+import sys
+import urllib.request
+
+import psycopg
+
+host, port, key, server = sys.argv[1:5]
+dsn = f"host={host} port={port} user=tarn password={key} dbname=tarn"
+checks = 0
+
+
+def check(cond, msg):
+    global checks
+    if not cond:
+        raise AssertionError(msg)
+    checks += 1
+
+
+def tarn_sql(sql):
+    req = urllib.request.Request(server + "/v1/orgs/self/queries",
+                                 data=json.dumps({"sql": {"query": sql}}).encode(),
+                                 headers={"Content-Type": "application/json", "Authorization": "ApiKey " + key})
+    return json.load(urllib.request.urlopen(req))["results"]
+
+
+with psycopg.connect(dsn) as conn:
+    n = conn.execute("SELECT count(*) AS n FROM events").fetchone()[0]
+    check(n == tarn_sql("SELECT count(*) AS n FROM events")[0]["n"] == 3, "count: %s" % n)
+    rows = conn.execute("SELECT a FROM events WHERE a > %s ORDER BY a", (1,)).fetchall()
+    check(rows == [(2,), (3,)], "server-side parameter: %s" % rows)
+    rows = conn.execute("SELECT a FROM events WHERE s = %s", ("two",)).fetchall()
+    check(rows == [(2,)], "string parameter: %s" % rows)
+    for binary in (False, True):
+        cur = conn.cursor(binary=binary)
+        cur.execute("SELECT a, s, f, b, o, _event_time FROM events WHERE a = %s", (2,))
+        a, s, f, b, o, t = cur.fetchone()
+        check((a, s, f, b) == (2, "two", 2.5, True), "values (binary=%s): %s" % (binary, (a, s, f, b)))
+        check(o == {"k": [1, 2]}, "jsonb (binary=%s): %r" % (binary, o))
+        check(isinstance(t, datetime.datetime) and t.tzinfo is not None, "timestamptz: %r" % t)
+        types = [d.type_code for d in cur.description]
+        check(types == [20, 25, 701, 16, 3802, 1184], "type oids: %s" % types)
+    check("tarn" in conn.execute("SELECT version()").fetchone()[0], "version()")
+    check(conn.execute("SELECT current_schema()").fetchone()[0] == "commons", "current_schema()")
+    check(conn.execute("SHOW server_version").fetchone()[0].startswith("16"), "SHOW")
+    conn.execute("SET application_name = 'pytest'")
+    tables = conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'commons' ORDER BY table_name").fetchall()
+    check(("events",) in tables, "information_schema.tables: %s" % tables)
+    cols = [r[0] for r in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'events'").fetchall()]
+    check({"a", "s", "o", "_id", "_event_time"} <= set(cols), "information_schema.columns: %s" % cols)
+    # Grafana's time series, its macros expanded.
+    rows = conn.execute(
+        "SELECT floor(extract(epoch from _event_time)/60)*60 AS time, count(*) AS n FROM events "
+        "WHERE _event_time BETWEEN '2020-01-01T00:00:00Z' AND '2030-01-01T00:00:00Z' "
+        "GROUP BY 1 ORDER BY 1").fetchall()
+    check(sum(r[1] for r in rows) == 3, "grafana query: %s" % rows)
+    nested = conn.execute("SELECT e.o.k FROM events e WHERE a = 2").fetchone()[0]
+    check(nested == [1, 2], "nested path: %r" % (nested,))
+    try:
+        conn.execute("SELECT nope(")
+        check(False, "a syntax error raised nothing")
+    except psycopg.errors.SyntaxError:
+        checks += 1
+        conn.rollback()
+
+try:
+    psycopg.connect(f"host={host} port={port} user=tarn password=wrong dbname=tarn")
+    check(False, "a wrong key was accepted")
+except psycopg.OperationalError:
+    checks += 1
+
+print(json.dumps({"checks": checks}))
