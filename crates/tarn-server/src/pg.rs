@@ -110,6 +110,28 @@ fn dollar_params(sql: &str) -> String {
     out
 }
 
+/// Postgres spellings psql and drivers use in catalog queries, turned into plain SQL:
+/// `OPERATOR(pg_catalog.~)` → `~`, and `COLLATE pg_catalog.default` dropped.
+fn pg_syntax(sql: &str) -> String {
+    let mut out = sql
+        .replace(" COLLATE pg_catalog.default", "")
+        .replace("::pg_catalog.regtype", "")
+        .replace("::regtype", "")
+        .replace("::regclass", "")
+        .replace("::pg_catalog.text", "::text")
+        .replace("::REGCLASS", "")
+        .replace("::REGTYPE", "")
+        .replace("::oid", "::bigint")
+        .replace("::OID", "::BIGINT");
+    while let Some(start) = out.find("OPERATOR(pg_catalog.") {
+        let rest = &out[start + "OPERATOR(pg_catalog.".len()..];
+        let Some(end) = rest.find(')') else { break };
+        let op = rest[..end].to_owned();
+        out.replace_range(start..start + "OPERATOR(pg_catalog.".len() + end + 1, &op);
+    }
+    out
+}
+
 /// Answers for statements tools send that are about the session, not data.
 fn session_statement(sql: &str) -> Option<Response> {
     let s = sql.trim().trim_end_matches(';').trim();
@@ -117,11 +139,12 @@ fn session_statement(sql: &str) -> Option<Response> {
     let first = lower.split_whitespace().next().unwrap_or_default();
     match first {
         "" => Some(Response::EmptyQuery),
-        "set" | "reset" | "discard" | "deallocate" | "listen" | "unlisten" => {
-            Some(Response::Execution(Tag::new(&first.to_ascii_uppercase())))
-        }
+        "set" | "reset" | "discard" | "deallocate" | "listen" | "unlisten" | "savepoint"
+        | "release" => Some(Response::Execution(Tag::new(&first.to_ascii_uppercase()))),
         "begin" | "start" => Some(Response::TransactionStart(Tag::new("BEGIN"))),
         "commit" | "end" => Some(Response::TransactionEnd(Tag::new("COMMIT"))),
+        // `ROLLBACK TO SAVEPOINT` stays inside the transaction.
+        "rollback" if lower.contains(" to ") => Some(Response::Execution(Tag::new("ROLLBACK"))),
         "rollback" | "abort" => Some(Response::TransactionEnd(Tag::new("ROLLBACK"))),
         "show" => {
             let name = lower["show".len()..].trim().trim_matches('"').to_owned();
@@ -167,7 +190,7 @@ impl PgBackend {
             return Ok(r);
         }
         let req = QueryRequest {
-            sql: dollar_params(sql),
+            sql: dollar_params(&pg_syntax(sql)),
             parameters,
             default_row_limit: None,
         };

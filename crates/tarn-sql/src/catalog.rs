@@ -25,6 +25,11 @@ impl CatalogProvider for TarnCatalog {
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == crate::pgcatalog::PG_CATALOG {
+            return Some(Arc::new(crate::pgcatalog::PgCatalogSchema {
+                storage: self.storage.clone(),
+            }));
+        }
         self.storage.get_workspace(name).ok().map(|_| {
             Arc::new(WorkspaceSchema {
                 storage: self.storage.clone(),
@@ -52,6 +57,14 @@ impl SchemaProvider for WorkspaceSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        // As in Postgres, pg_catalog is on the search path: `FROM pg_type` finds it when no
+        // collection has that name.
+        if name.starts_with("pg_") && !self.table_exist(name) {
+            let pg = crate::pgcatalog::PgCatalogSchema {
+                storage: self.storage.clone(),
+            };
+            return pg.table(name).await;
+        }
         Ok(self
             .storage
             .get_collection(&self.workspace, name)

@@ -370,6 +370,7 @@ pub fn register(ctx: &SessionContext) {
     ] {
         ctx.register_udf(udf);
     }
+    crate::pgcatalog::register(ctx);
     // What Postgres tools ask when they connect (through tarn's Postgres endpoint).
     for (name, value) in [
         (
@@ -396,3 +397,6 @@ pub fn register(ctx: &SessionContext) {
 }
 
 const DEFAULT_WORKSPACE_NAME: &str = tarn_storage::DEFAULT_WORKSPACE;
+
+/// The Postgres version tarn's Postgres endpoint reports.
+pub const PG_SERVER_VERSION: &str = "16.0";

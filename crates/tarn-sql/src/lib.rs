@@ -6,6 +6,7 @@ pub mod engine;
 pub mod functions;
 pub mod mapping;
 pub mod paths;
+pub mod pgcatalog;
 pub mod prune;
 pub mod rewrite;
 pub mod table;

@@ -673,6 +673,14 @@ pub fn cte_names(statement: &mut Statement) -> Vec<String> {
 /// Rockset functions that are DataFusion functions under another name or form.
 fn rename_function(expr: &mut Expr) -> Option<Result<Expr, TarnError>> {
     let Expr::Function(f) = expr else { return None };
+    // Postgres tools qualify catalog functions (`pg_catalog.pg_get_userbyid(...)`).
+    if f.name.0.len() == 2
+        && f.name.0[0]
+            .as_ident()
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_catalog"))
+    {
+        f.name.0.remove(0);
+    }
     let name = f.name.to_string().to_ascii_lowercase();
     let datafusion::sql::sqlparser::ast::FunctionArguments::List(list) = &f.args else {
         return None;

@@ -60,6 +60,21 @@ fn psql_and_psycopg_query_through_the_postgres_endpoint() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3|3");
+    // psql's \dt reads pg_catalog: collections are tables of their workspace's schema.
+    let out = Command::new("psql")
+        .arg(&conninfo)
+        .args(["-At", "-c", "\\dt"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql \\dt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "commons|events|table|tarn"
+    );
     let bad = Command::new("psql")
         .arg(format!(
             "host=127.0.0.1 port={port} user=tarn dbname=tarn password=wrong"

@@ -72,6 +72,14 @@ with psycopg.connect(dsn) as conn:
         checks += 1
         conn.rollback()
 
+# SQLAlchemy 2's reflection of the table list (through pg_catalog).
+import sqlalchemy  # noqa: E402
+
+engine = sqlalchemy.create_engine(f"postgresql+psycopg://tarn:{key}@{host}:{port}/tarn")
+names = sqlalchemy.inspect(engine).get_table_names(schema="commons")
+check(names == ["events"], "SQLAlchemy get_table_names: %s" % names)
+engine.dispose()
+
 try:
     psycopg.connect(f"host={host} port={port} user=tarn password=wrong dbname=tarn")
     check(False, "a wrong key was accepted")
