@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -310,25 +309,11 @@ impl IntegrationStore {
         Ok(removed)
     }
 
-    /// Writes the file atomically with mode 0600: temp file, fsync, rename.
+    /// Writes the file atomically, with mode 0600.
     fn save(&self, items: &BTreeMap<String, Integration>) -> TarnResult<()> {
         let bytes = serde_json::to_vec_pretty(items)
             .map_err(|e| TarnError::internal(format!("cannot encode integrations: {e}")))?;
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        tarn_storage::collection::write_private(&self.path, &bytes)
     }
 }
 

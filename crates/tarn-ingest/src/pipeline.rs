@@ -383,8 +383,9 @@ impl SourceSink {
         }
         let bad_count = bad.len() as u64;
         self.collection.insert(docs, checkpoints).await?;
-        self.errors.record(bad);
+        // Counts first: whoever sees a bad record in the log sees it counted.
         self.status.processed(total, bad_count);
+        self.errors.record(bad);
         Ok(())
     }
 }

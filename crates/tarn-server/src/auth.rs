@@ -6,7 +6,6 @@
 //! without keys only when it listens on loopback and no key exists.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -167,20 +166,7 @@ impl ApiKeys {
     fn save(&self, l: &mut Loaded) -> TarnResult<()> {
         let bytes = serde_json::to_vec_pretty(&l.keys)
             .map_err(|e| TarnError::internal(format!("cannot encode API keys: {e}")))?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
+        tarn_storage::collection::write_private(&self.path, &bytes)?;
         l.modified = std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
             .ok();

@@ -3,7 +3,6 @@
 //! and the live feeds that run each panel's query once per interval for all its viewers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -242,14 +241,7 @@ impl DashboardStore {
     fn save(&self, items: &BTreeMap<String, Dashboard>) -> TarnResult<()> {
         let bytes = serde_json::to_vec_pretty(items)
             .map_err(|e| TarnError::internal(format!("cannot encode dashboards: {e}")))?;
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        Ok(())
+        tarn_storage::collection::write_atomic(&self.path, &bytes)
     }
 }
 

@@ -3,7 +3,6 @@
 //! `QueryLambdaTag`).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -271,14 +270,7 @@ impl LambdaStore {
         let list: Vec<&Lambda> = items.values().collect();
         let bytes = serde_json::to_vec_pretty(&list)
             .map_err(|e| TarnError::internal(format!("cannot encode query lambdas: {e}")))?;
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        Ok(())
+        tarn_storage::collection::write_atomic(&self.path, &bytes)
     }
 }
 

@@ -222,6 +222,15 @@ fn bitmap_path(dir: &Path, id: u64) -> PathBuf {
 
 /// Writes a file atomically and durably: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> TarnResult<()> {
+    write_file(path, bytes, false)
+}
+
+/// [`write_atomic`] for files that hold secrets: created with mode 0600.
+pub fn write_private(path: &Path, bytes: &[u8]) -> TarnResult<()> {
+    write_file(path, bytes, true)
+}
+
+fn write_file(path: &Path, bytes: &[u8], private: bool) -> TarnResult<()> {
     use std::io::Write;
     let dir = path
         .parent()
@@ -229,7 +238,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> TarnResult<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        }
+        let mut f = opts.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }

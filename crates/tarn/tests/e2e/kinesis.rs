@@ -136,9 +136,17 @@ fn tutorial_producer_feeds_the_dashboard_through_kinesis() {
         1,
         30,
     );
-    let (st, errors) =
-        s.get("/v1/orgs/self/ws/commons/collections/twitter-kinesis-demo/ingest-errors");
-    assert_eq!(st, 200);
+    // The four records went to random shards: wait until each shard's reader got there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let errors = loop {
+        let (st, errors) =
+            s.get("/v1/orgs/self/ws/commons/collections/twitter-kinesis-demo/ingest-errors");
+        assert_eq!(st, 200);
+        if errors["count"] == 3 || Instant::now() > deadline {
+            break errors;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(errors["count"], 3, "{errors}");
     let messages: Vec<&str> = errors["data"]
         .as_array()
