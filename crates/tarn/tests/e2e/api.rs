@@ -378,19 +378,10 @@ fn undefined_paths_are_null_with_a_warning_and_parameters_are_typed() {
 
 #[test]
 fn produce_tweets_to_stdout_and_into_a_collection() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
-        .args([
-            "produce", "tweets", "-", "--count", "25", "--rate", "1000", "--seed", "3",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
+    let out = crate::support::run_tarn(&[
+        "produce", "tweets", "-", "--count", "25", "--rate", "1000", "--seed", "3",
+    ]);
+    let lines: Vec<Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();

@@ -12,17 +12,10 @@ use crate::support::TestServer;
 
 /// `tarn apikey create NAME` on a data dir; returns the key.
 pub fn create_key(dir: &std::path::Path, name: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tarn"))
-        .args(["apikey", "create", name, "--data-dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    let dir = dir.to_str().expect("a UTF-8 path");
+    crate::support::run_tarn(&["apikey", "create", name, "--data-dir", dir])
+        .trim()
+        .to_owned()
 }
 
 fn venv_python(venv: &str) -> PathBuf {
@@ -96,16 +89,13 @@ fn rockset_client_0_8_10_runs_the_tutorial_code() {
             "endpoint": kinesis.endpoint}})),
     );
     assert_eq!(st, 200, "{body}");
-    let produced = Command::new(env!("CARGO_BIN_EXE_tarn"))
-        .args(["produce", "tweets"])
-        .arg(format!(
-            "kinesis://twitter-stream?endpoint={}&shards=5",
-            kinesis.endpoint
-        ))
-        .args(["--count", "400", "--rate", "100000", "--seed", "3"])
-        .status()
-        .unwrap();
-    assert!(produced.success());
+    let sink = format!(
+        "kinesis://twitter-stream?endpoint={}&shards=5",
+        kinesis.endpoint
+    );
+    crate::support::run_tarn(&[
+        "produce", "tweets", &sink, "--count", "400", "--rate", "100000", "--seed", "3",
+    ]);
     let report = run_client(
         ".venv-rockset08",
         "rockset_0810.py",
@@ -138,12 +128,9 @@ fn rockset_client_2_1_2_covers_streams_queries_documents_and_lambdas() {
         ),
         format!("kafka://{bootstrap}/tweets"),
     ] {
-        let ok = Command::new(env!("CARGO_BIN_EXE_tarn"))
-            .args(["produce", "tweets", &sink])
-            .args(["--count", "200", "--rate", "100000", "--seed", "9"])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "{sink}");
+        crate::support::run_tarn(&[
+            "produce", "tweets", &sink, "--count", "200", "--rate", "100000", "--seed", "9",
+        ]);
     }
     let report = run_client(
         ".venv-rockset2",

@@ -198,6 +198,22 @@ impl Drop for TestServer {
     }
 }
 
+/// Runs `tarn ARGS...` to completion; fails the test (with its stderr) unless it succeeds.
+/// Returns its stdout.
+pub fn run_tarn(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args(args)
+        .output()
+        .expect("the tarn binary runs");
+    assert!(
+        out.status.success(),
+        "tarn {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("tarn prints UTF-8")
+}
+
 /// The shared data folder (`../shared/data` next to the checkout).
 pub fn shared_data(file: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..");

@@ -40,21 +40,13 @@ fn check_top(rows: &[Value], key: &str, count: &str, expected: &HashMap<String, 
 
 /// Tweets from `tarn produce tweets -`, made just now.
 pub fn generated_tweets(count: u64, seed: u64) -> Vec<Value> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
-        .args(["produce", "tweets", "-", "--rate", "100000"])
-        .args(["--count", &count.to_string(), "--seed", &seed.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    let (count, seed) = (count.to_string(), seed.to_string());
+    crate::support::run_tarn(&[
+        "produce", "tweets", "-", "--rate", "100000", "--count", &count, "--seed", &seed,
+    ])
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect()
 }
 
 #[test]

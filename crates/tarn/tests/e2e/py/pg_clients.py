@@ -8,27 +8,17 @@ Usage: pg_clients.py HOST PORT API_KEY TARN_URL
 import datetime
 import json
 import sys
-import urllib.request
 
 import psycopg
+from tarnref import Checks, tarn_sql_for
 
 host, port, key, server = sys.argv[1:5]
 dsn = f"host={host} port={port} user=tarn password={key} dbname=tarn"
-checks = 0
+tarn_sql = tarn_sql_for(server, key)
+checks = Checks()
+check = checks.check
 
 
-def check(cond, msg):
-    global checks
-    if not cond:
-        raise AssertionError(msg)
-    checks += 1
-
-
-def tarn_sql(sql):
-    req = urllib.request.Request(server + "/v1/orgs/self/queries",
-                                 data=json.dumps({"sql": {"query": sql}}).encode(),
-                                 headers={"Content-Type": "application/json", "Authorization": "ApiKey " + key})
-    return json.load(urllib.request.urlopen(req))["results"]
 
 
 with psycopg.connect(dsn) as conn:
@@ -69,7 +59,7 @@ with psycopg.connect(dsn) as conn:
         conn.execute("SELECT nope(")
         check(False, "a syntax error raised nothing")
     except psycopg.errors.SyntaxError:
-        checks += 1
+        checks.passed()
         conn.rollback()
 
 # SQLAlchemy 2's reflection of the table list (through pg_catalog).
@@ -84,6 +74,6 @@ try:
     psycopg.connect(f"host={host} port={port} user=tarn password=wrong dbname=tarn")
     check(False, "a wrong key was accepted")
 except psycopg.OperationalError:
-    checks += 1
+    checks.passed()
 
-print(json.dumps({"checks": checks}))
+print(json.dumps({"checks": checks.count}))

@@ -9,8 +9,6 @@ Usage: rockset_0810.py TARN_URL API_KEY KINESIS_ENDPOINT
 import json
 import os
 import sys
-import time
-import urllib.request
 
 server, api_key, kinesis_endpoint = sys.argv[1], sys.argv[2], sys.argv[3]
 
@@ -23,34 +21,16 @@ with open(os.path.expanduser("~/.rockset/credentials"), "w") as f:
 from rockset import Client, F, P, Q  # noqa: E402
 from rockset.exception import AuthError, InputError  # noqa: E402
 from rockset.query import ParamDict  # noqa: E402
+from tarnref import Checks, tarn_sql_for, wait  # noqa: E402
 
 
-def tarn_sql(sql):
-    """The same question through tarn's own endpoint, as the reference."""
-    req = urllib.request.Request(server + "/v1/orgs/self/queries",
-                                 data=json.dumps({"sql": {"query": sql}}).encode(),
-                                 headers={"Content-Type": "application/json",
-                                          "Authorization": "ApiKey " + api_key})
-    return json.load(urllib.request.urlopen(req))["results"]
 
 
-def wait(pred, what, secs=60):
-    deadline = time.time() + secs
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for " + what)
 
 
-checks = 0
-
-
-def check(cond, msg):
-    global checks
-    if not cond:
-        raise AssertionError(msg)
-    checks += 1
+tarn_sql = tarn_sql_for(server, api_key)
+checks = Checks()
+check = checks.check
 
 
 rs = Client()  # the active profile, as in the tutorial
@@ -147,10 +127,10 @@ try:
     Client(api_key="tarn_wrong", api_server=server).sql(Q("SELECT 1")).results()
     check(False, "a wrong key raised nothing")
 except AuthError:
-    checks += 1
+    checks.passed()
 
 # drop
 coll.drop()
 names = [c.name for c in rs.Collection.list()]
 check("docs08" not in names and "twitter-kinesis-demo" in names, "after drop: %s" % names)
-print(json.dumps({"checks": checks, "documents": n}))
+print(json.dumps({"checks": checks.count, "documents": n}))

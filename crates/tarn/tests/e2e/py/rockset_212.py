@@ -8,11 +8,11 @@ Usage: rockset_212.py TARN_URL API_KEY KINESIS_ENDPOINT KAFKA_BOOTSTRAP
 """
 import json
 import sys
-import time
 import urllib.request
 from enum import Enum
 
 from rockset import RocksetClient, exceptions, models
+from tarnref import Checks, tarn_sql_for, wait
 
 server, api_key, kinesis_endpoint, kafka_bootstrap = sys.argv[1:5]
 
@@ -26,31 +26,13 @@ class Tarn(Enum):
 rs = RocksetClient(host=Tarn.local, api_key=api_key)
 
 
-def tarn_sql(sql):
-    req = urllib.request.Request(server + "/v1/orgs/self/queries",
-                                 data=json.dumps({"sql": {"query": sql}}).encode(),
-                                 headers={"Content-Type": "application/json",
-                                          "Authorization": "ApiKey " + api_key})
-    return json.load(urllib.request.urlopen(req))["results"]
 
 
-def wait(pred, what, secs=60):
-    deadline = time.time() + secs
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for " + what)
 
 
-checks = 0
-
-
-def check(cond, msg):
-    global checks
-    if not cond:
-        raise AssertionError(msg)
-    checks += 1
+tarn_sql = tarn_sql_for(server, api_key)
+checks = Checks()
+check = checks.check
 
 
 # integrations
@@ -164,11 +146,11 @@ try:
     rs.Collections.get(collection="no-such-collection")
     check(False, "no error")
 except exceptions.NotFoundException:
-    checks += 1
+    checks.passed()
 try:
     RocksetClient(host=Tarn.local, api_key="tarn_wrong").Workspaces.list()
     check(False, "no error")
 except exceptions.UnauthorizedException:
-    checks += 1
+    checks.passed()
 
-print(json.dumps({"checks": checks}))
+print(json.dumps({"checks": checks.count}))
