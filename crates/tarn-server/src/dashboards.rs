@@ -1,6 +1,7 @@
 //! Dashboards as data: documents of panels (title, SQL with `:parameters`, visualisation,
-//! refresh interval) stored in `dashboards.json`, with the tutorial's two views built in,
-//! and the live feeds that run each panel's query once per interval for all its viewers.
+//! refresh interval), written in JSON or YAML, stored in `dashboards.json`, with the
+//! tutorial's two views built in, and the live feeds that run each panel's query once per
+//! interval for all its viewers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -75,15 +76,123 @@ pub struct Dashboard {
     pub panels: Vec<Panel>,
 }
 
+/// How a dashboard document is written: JSON or YAML (the same fields either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Yaml,
+}
+
+/// The media types that mean YAML.
+const YAML_TYPES: [&str; 4] = [
+    "application/yaml",
+    "application/x-yaml",
+    "text/yaml",
+    "text/x-yaml",
+];
+
+/// A media type without its parameters, lower-cased.
+fn media_type(s: &str) -> String {
+    s.split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+impl Format {
+    /// The media type of this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Yaml => "application/yaml",
+        }
+    }
+
+    /// The format of a request body from its `Content-Type`: YAML for `application/yaml`,
+    /// `application/x-yaml`, `text/yaml` and `text/x-yaml`; JSON otherwise.
+    pub fn from_content_type(content_type: Option<&str>) -> Format {
+        match content_type {
+            Some(ct) if YAML_TYPES.contains(&media_type(ct).as_str()) => Format::Yaml,
+            _ => Format::Json,
+        }
+    }
+
+    /// The format a client asks for with `Accept`: YAML when it names a YAML type that it
+    /// prefers to JSON (by `q`; a tie with an explicit `application/json` goes to JSON, a tie
+    /// with a wildcard to YAML); JSON otherwise.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        let (mut yaml, mut json, mut wildcard) = (0.0f32, 0.0f32, 0.0f32);
+        for range in accept.unwrap_or_default().split(',') {
+            let mt = media_type(range);
+            let q = range
+                .split(';')
+                .skip(1)
+                .find_map(|p| p.trim().strip_prefix("q="))
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .filter(|q| q.is_finite())
+                .unwrap_or(1.0);
+            if YAML_TYPES.contains(&mt.as_str()) {
+                yaml = yaml.max(q);
+            } else if mt == "application/json" {
+                json = json.max(q);
+            } else if mt == "*/*" || mt == "application/*" || mt == "text/*" {
+                wildcard = wildcard.max(q);
+            }
+        }
+        if yaml > 0.0 && yaml > json && yaml >= wildcard {
+            Format::Yaml
+        } else {
+            Format::Json
+        }
+    }
+
+    /// The format of a file from its extension: YAML for `.yaml` and `.yml`, JSON otherwise.
+    pub fn from_path(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml") => {
+                Format::Yaml
+            }
+            _ => Format::Json,
+        }
+    }
+}
+
 impl Dashboard {
-    /// Parses and checks a dashboard document; errors say which part is wrong.
+    /// Parses and checks a JSON dashboard document; errors say which part is wrong.
     pub fn parse(text: &[u8]) -> TarnResult<Dashboard> {
-        let d: Dashboard = serde_json::from_slice(text).map_err(|e| {
-            TarnError::invalid(format!("the dashboard is not valid: {e}"))
-                .at(e.line() as u64, e.column() as u64)
-        })?;
+        Self::parse_as(text, Format::Json)
+    }
+
+    /// Parses and checks a YAML dashboard document; errors say which part is wrong and,
+    /// when the YAML itself is wrong, at which line and column.
+    pub fn parse_yaml(text: &[u8]) -> TarnResult<Dashboard> {
+        Self::parse_as(text, Format::Yaml)
+    }
+
+    /// Parses and checks a dashboard document written in `format`.
+    pub fn parse_as(text: &[u8], format: Format) -> TarnResult<Dashboard> {
+        let d: Dashboard = match format {
+            Format::Json => serde_json::from_slice(text).map_err(|e| {
+                TarnError::invalid(format!("the dashboard is not valid: {e}"))
+                    .at(e.line() as u64, e.column() as u64)
+            })?,
+            Format::Yaml => serde_yaml_ng::from_slice(text).map_err(|e| {
+                let err = TarnError::invalid(format!("the dashboard is not valid YAML: {e}"));
+                match e.location() {
+                    Some(l) => err.at(l.line() as u64, l.column() as u64),
+                    None => err,
+                }
+            })?,
+        };
         d.validate()?;
         Ok(d)
+    }
+
+    /// The dashboard as a YAML document (what [`Dashboard::parse_yaml`] reads back).
+    pub fn to_yaml(&self) -> TarnResult<String> {
+        serde_yaml_ng::to_string(self)
+            .map_err(|e| TarnError::internal(format!("cannot write the dashboard as YAML: {e}")))
     }
 
     pub fn validate(&self) -> TarnResult<()> {
@@ -417,6 +526,124 @@ mod tests {
         assert!(e.message.contains("pie"), "{}", e.message);
         let e = Dashboard::parse(br#"{"name": "d", "panels": []"#).unwrap_err();
         assert!(e.line.is_some());
+    }
+
+    const YAML: &str = "\
+name: mine
+title: Mine
+params:
+  - name: tag
+    default: music
+panels:
+  - id: top
+    title: Top
+    viz: bar
+    refresh_ms: 1000
+    x: tag
+    y: n
+    sql: |
+      SELECT tag, count(*) AS n
+      FROM t
+      WHERE tag = :tag
+      GROUP BY tag
+";
+
+    #[test]
+    fn yaml_dashboards_read_like_json_and_round_trip() {
+        let d = Dashboard::parse_yaml(YAML.as_bytes()).unwrap();
+        assert_eq!(d.name, "mine");
+        assert_eq!(d.params[0].default, "music");
+        let p = &d.panels[0];
+        assert_eq!((p.viz.as_str(), p.refresh_ms), ("bar", 1000));
+        assert!(p.sql.contains("WHERE tag = :tag\n"), "{:?}", p.sql);
+        // The same document in JSON is the same dashboard.
+        let json = serde_json::to_vec(&d).unwrap();
+        let again = Dashboard::parse(&json).unwrap();
+        assert_eq!(
+            serde_json::to_value(&again).unwrap(),
+            serde_json::to_value(&d).unwrap()
+        );
+        // And its YAML reads back unchanged.
+        let yaml = d.to_yaml().unwrap();
+        let back = Dashboard::parse_yaml(yaml.as_bytes()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            serde_json::to_value(&d).unwrap()
+        );
+        // Every built-in dashboard survives the trip through YAML.
+        for text in BUILT_IN {
+            let d = Dashboard::parse(text.as_bytes()).unwrap();
+            let back = Dashboard::parse_yaml(d.to_yaml().unwrap().as_bytes()).unwrap();
+            assert_eq!(
+                serde_json::to_value(&back).unwrap(),
+                serde_json::to_value(&d).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn yaml_errors_name_the_line_and_column() {
+        // A tab where YAML wants spaces, on line 3.
+        let e = Dashboard::parse_yaml(b"name: d\npanels:\n\t- id: a\n").unwrap_err();
+        assert_eq!(e.kind, tarn_common::ErrorKind::InvalidInput);
+        assert_eq!(e.line, Some(3), "{}", e.message);
+        assert!(e.column.is_some(), "{}", e.message);
+        assert!(e.message.contains("line 3"), "{}", e.message);
+        // An unclosed flow sequence.
+        let e = Dashboard::parse_yaml(b"name: d\npanels: [\n  {id: a\n").unwrap_err();
+        assert!(e.line.is_some() && e.column.is_some(), "{}", e.message);
+        // A wrong type is located too.
+        let e = Dashboard::parse_yaml(b"name: d\npanels:\n  - id: a\n    title: A\n    sql: SELECT 1\n    viz: table\n    refresh_ms: soon\n").unwrap_err();
+        assert_eq!(e.line, Some(7), "{}", e.message);
+        assert!(e.message.contains("refresh_ms"), "{}", e.message);
+        // Valid YAML that is not a valid dashboard says why, like JSON.
+        let e = Dashboard::parse_yaml(
+            b"name: d\npanels:\n  - {id: a, title: A, sql: SELECT 1, viz: pie}\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("pie"), "{}", e.message);
+        for bad in [
+            &b""[..],
+            b"- 1\n- 2\n",
+            b"a: &x [*x]\n",
+            b"\xff\xfe",
+            b"name: d\n---\nname: e\n",
+        ] {
+            assert!(Dashboard::parse_yaml(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn formats_come_from_headers_and_file_names() {
+        use Format::{Json, Yaml};
+        for (ct, f) in [
+            (Some("application/yaml"), Yaml),
+            (Some("application/x-yaml; charset=utf-8"), Yaml),
+            (Some("Text/YAML"), Yaml),
+            (Some("application/json"), Json),
+            (Some("text/plain"), Json),
+            (None, Json),
+        ] {
+            assert_eq!(Format::from_content_type(ct), f, "{ct:?}");
+        }
+        for (accept, f) in [
+            (Some("application/yaml"), Yaml),
+            (Some("text/yaml, */*;q=0.1"), Yaml),
+            (Some("*/*, application/yaml"), Yaml),
+            (Some("application/json, application/yaml"), Json),
+            (Some("application/json;q=0.5, application/x-yaml"), Yaml),
+            (Some("application/yaml;q=0.2, application/json"), Json),
+            (Some("application/yaml;q=0"), Json),
+            (Some("*/*"), Json),
+            (Some(""), Json),
+            (None, Json),
+        ] {
+            assert_eq!(Format::from_accept(accept), f, "{accept:?}");
+        }
+        assert_eq!(Format::from_path(Path::new("d/x.yaml")), Yaml);
+        assert_eq!(Format::from_path(Path::new("x.YML")), Yaml);
+        assert_eq!(Format::from_path(Path::new("x.json")), Json);
+        assert_eq!(Format::from_path(Path::new("yaml")), Json);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Query lambdas: named SQL with default parameters, in immutable versions, with tags, kept
 //! in `lambdas.json` and shown in Rockset's shapes (`QueryLambda`, `QueryLambdaVersion`,
-//! `QueryLambdaTag`).
+//! `QueryLambdaTag`). Tags, versions and whole lambdas can be deleted; a version that a tag
+//! other than `latest` names cannot.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -240,6 +241,78 @@ impl LambdaStore {
         Ok(lambda)
     }
 
+    /// Deletes a tag; returns the lambda as it was. `latest` always names the newest
+    /// version, so it cannot be deleted.
+    pub fn delete_tag(&self, ws: &str, name: &str, tag: &str) -> TarnResult<Lambda> {
+        if tag == LATEST {
+            return Err(TarnError::invalid(format!(
+                "the tag '{LATEST}' of query lambda '{ws}.{name}' always names its newest version and cannot be deleted"
+            )));
+        }
+        self.change(ws, name, |l| {
+            l.tagged(tag)?;
+            l.tags.remove(tag);
+            Ok(())
+        })
+    }
+
+    /// Deletes a version; returns the lambda as it was. A version that a tag other than
+    /// `latest` names is refused (the error names the tags), and so is the only version
+    /// (delete the lambda instead); when the newest version goes, `latest` moves to the
+    /// newest that remains.
+    pub fn delete_version(&self, ws: &str, name: &str, version: &str) -> TarnResult<Lambda> {
+        self.change(ws, name, |l| {
+            l.version(version)?;
+            let tags: Vec<String> = l
+                .tags
+                .iter()
+                .filter(|(t, v)| *t != LATEST && *v == version)
+                .map(|(t, _)| format!("'{t}'"))
+                .collect();
+            if !tags.is_empty() {
+                return Err(TarnError::invalid(format!(
+                    "version '{version}' of query lambda '{ws}.{name}' is tagged {}: delete the tag{} or move {} to another version first",
+                    tags.join(", "),
+                    if tags.len() > 1 { "s" } else { "" },
+                    if tags.len() > 1 { "them" } else { "it" },
+                )));
+            }
+            if l.versions.len() == 1 {
+                return Err(TarnError::invalid(format!(
+                    "version '{version}' is the only version of query lambda '{ws}.{name}': delete the query lambda instead"
+                )));
+            }
+            l.versions.retain(|v| v.version != version);
+            let newest = l.latest().version.clone();
+            l.tags.insert(LATEST.into(), newest);
+            l.last_updated = now();
+            Ok(())
+        })
+    }
+
+    /// Applies `f` to a copy of a lambda and saves it; on any error nothing changes.
+    /// Returns the lambda as it was before.
+    fn change(
+        &self,
+        ws: &str,
+        name: &str,
+        f: impl FnOnce(&mut Lambda) -> TarnResult<()>,
+    ) -> TarnResult<Lambda> {
+        let key = (ws.to_owned(), name.to_owned());
+        let mut items = self.items.lock();
+        let before = items.get(&key).cloned().ok_or_else(|| {
+            TarnError::not_found(format!("query lambda '{ws}.{name}' does not exist"))
+        })?;
+        let mut lambda = before.clone();
+        f(&mut lambda)?;
+        items.insert(key.clone(), lambda);
+        if let Err(e) = self.save(&items) {
+            items.insert(key, before);
+            return Err(e);
+        }
+        Ok(before)
+    }
+
     pub fn delete(&self, ws: &str, name: &str) -> TarnResult<Lambda> {
         let key = (ws.to_owned(), name.to_owned());
         let mut items = self.items.lock();
@@ -457,6 +530,35 @@ pub async fn get_tag(
     ))
 }
 
+/// `DELETE .../lambdas/{name}/tags/{tag}`: answers the deleted tag (`QueryLambdaTag`).
+pub async fn delete_tag(
+    State(st): State<AppState>,
+    UrlPath((ws, name, tag)): UrlPath<(String, String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let store = st.lambdas.clone();
+    let t = tag.clone();
+    let before = tokio::task::spawn_blocking(move || store.delete_tag(&ws, &name, &t))
+        .await
+        .map_err(|e| TarnError::internal(e.to_string()))??;
+    Ok(Json(json!({"data": before.tag_json(&tag)?})))
+}
+
+/// `DELETE .../lambdas/{name}/version/{version}` (the path Rockset's clients use) and
+/// `.../versions/{version}`: answers the deleted version (`QueryLambdaVersion`).
+pub async fn delete_version(
+    State(st): State<AppState>,
+    UrlPath((ws, name, version)): UrlPath<(String, String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let store = st.lambdas.clone();
+    let v = version.clone();
+    let before = tokio::task::spawn_blocking(move || store.delete_version(&ws, &name, &v))
+        .await
+        .map_err(|e| TarnError::internal(e.to_string()))??;
+    Ok(Json(
+        json!({"data": before.version_json(before.version(&version)?)}),
+    ))
+}
+
 #[derive(Deserialize, Default)]
 struct ExecuteBody {
     #[serde(default)]
@@ -539,5 +641,80 @@ mod tests {
         let l = s.get("commons", "top").unwrap();
         assert_eq!(l.tagged("prod").unwrap().sql.query, "SELECT 1");
         assert!(s.tag("commons", "top", "x", "nope").is_err());
+    }
+
+    #[test]
+    fn tags_and_versions_are_deleted_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LambdaStore::open(dir.path()).unwrap();
+        let v = |l: Lambda| l.latest().version.clone();
+        let v1 = v(s
+            .add_version("commons", "q", "", sql("SELECT 1"), vec![], false)
+            .unwrap());
+        let v2 = v(s
+            .add_version("commons", "q", "", sql("SELECT 2"), vec![], true)
+            .unwrap());
+        let v3 = v(s
+            .add_version("commons", "q", "", sql("SELECT 3"), vec![], true)
+            .unwrap());
+        s.tag("commons", "q", "prod", &v1).unwrap();
+        s.tag("commons", "q", "beta", &v1).unwrap();
+
+        // `latest` stays; unknown tags and versions are 404s.
+        let e = s.delete_tag("commons", "q", LATEST).unwrap_err();
+        assert_eq!(
+            e.kind,
+            tarn_common::ErrorKind::InvalidInput,
+            "{}",
+            e.message
+        );
+        let e = s.delete_tag("commons", "q", "nope").unwrap_err();
+        assert_eq!(e.kind, tarn_common::ErrorKind::NotFound, "{}", e.message);
+        let e = s.delete_version("commons", "q", "nope").unwrap_err();
+        assert_eq!(e.kind, tarn_common::ErrorKind::NotFound, "{}", e.message);
+        let e = s.delete_tag("commons", "nope", "prod").unwrap_err();
+        assert_eq!(e.kind, tarn_common::ErrorKind::NotFound, "{}", e.message);
+
+        // A tagged version is refused, naming its tags.
+        let e = s.delete_version("commons", "q", &v1).unwrap_err();
+        assert_eq!(e.kind, tarn_common::ErrorKind::InvalidInput);
+        assert!(
+            e.message.contains("'beta', 'prod'"),
+            "the error names the tags: {}",
+            e.message
+        );
+
+        // Deleting a tag returns the lambda as it was and is durable.
+        let before = s.delete_tag("commons", "q", "beta").unwrap();
+        assert_eq!(
+            before.tag_json("beta").unwrap()["version"]["version"],
+            json!(v1)
+        );
+        let s = LambdaStore::open(dir.path()).unwrap();
+        assert!(s.get("commons", "q").unwrap().tagged("beta").is_err());
+
+        // The newest version goes: `latest` moves back to the one before it.
+        s.delete_version("commons", "q", &v3).unwrap();
+        let s = LambdaStore::open(dir.path()).unwrap();
+        let l = s.get("commons", "q").unwrap();
+        assert_eq!(l.versions.len(), 2);
+        assert!(l.version(&v3).is_err());
+        assert_eq!(l.tagged(LATEST).unwrap().version, v2);
+
+        // Once its tag is gone, the old version can go; the only version cannot.
+        s.delete_tag("commons", "q", "prod").unwrap();
+        s.delete_version("commons", "q", &v1).unwrap();
+        let e = s.delete_version("commons", "q", &v2).unwrap_err();
+        assert!(e.message.contains("only version"), "{}", e.message);
+        let l = LambdaStore::open(dir.path())
+            .unwrap()
+            .get("commons", "q")
+            .unwrap();
+        assert_eq!(l.versions.len(), 1);
+        assert_eq!(
+            l.tags.keys().collect::<Vec<_>>(),
+            [LATEST],
+            "only latest is left"
+        );
     }
 }

@@ -110,24 +110,41 @@ fn dollar_params(sql: &str) -> String {
     out
 }
 
-/// Postgres spellings psql and drivers use in catalog queries, turned into plain SQL:
-/// `OPERATOR(pg_catalog.~)` → `~`, and `COLLATE pg_catalog.default` dropped.
+/// Postgres spellings in psql's catalog queries that tarn's SQL dialect does not parse,
+/// replaced outside string literals: `OPERATOR(pg_catalog.~)` becomes the plain operator
+/// `~`, and a cast to an array type (`prattrs::pg_catalog.int2[]`) is dropped: the catalog's
+/// array columns already hold tarn's types. The rest of what these queries need
+/// (`::regclass`, `::oid`, `COLLATE`, correlated catalog subqueries...) is rewritten on the
+/// parsed statement by `tarn_sql::pgcatalog::rewrite`.
 fn pg_syntax(sql: &str) -> String {
-    let mut out = sql
-        .replace(" COLLATE pg_catalog.default", "")
-        .replace("::pg_catalog.regtype", "")
-        .replace("::regtype", "")
-        .replace("::regclass", "")
-        .replace("::pg_catalog.text", "::text")
-        .replace("::REGCLASS", "")
-        .replace("::REGTYPE", "")
-        .replace("::oid", "::bigint")
-        .replace("::OID", "::BIGINT");
-    while let Some(start) = out.find("OPERATOR(pg_catalog.") {
-        let rest = &out[start + "OPERATOR(pg_catalog.".len()..];
-        let Some(end) = rest.find(')') else { break };
-        let op = rest[..end].to_owned();
-        out.replace_range(start..start + "OPERATOR(pg_catalog.".len() + end + 1, &op);
+    const PREFIX: &str = "OPERATOR(pg_catalog.";
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    let mut in_str = false;
+    while let Some(c) = rest.chars().next() {
+        if !in_str {
+            if rest.starts_with(PREFIX)
+                && let Some(end) = rest[PREFIX.len()..].find(')')
+            {
+                out.push_str(&rest[PREFIX.len()..PREFIX.len() + end]);
+                rest = &rest[PREFIX.len() + end + 1..];
+                continue;
+            }
+            if let Some(after) = rest.strip_prefix("::") {
+                let name_len = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+                    .unwrap_or(after.len());
+                if name_len > 0 && after[name_len..].starts_with("[]") {
+                    rest = &after[name_len + 2..];
+                    continue;
+                }
+            }
+        }
+        if c == '\'' {
+            in_str = !in_str;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
     }
     out
 }
@@ -569,5 +586,15 @@ mod tests {
             Some(Response::Execution(_))
         ));
         assert!(session_statement("SELECT 1").is_none());
+        assert_eq!(
+            pg_syntax(
+                "WHERE c.relname OPERATOR(pg_catalog.~) '^(a)$' AND x = 'OPERATOR(pg_catalog.~)'"
+            ),
+            "WHERE c.relname ~ '^(a)$' AND x = 'OPERATOR(pg_catalog.~)'"
+        );
+        assert_eq!(
+            pg_syntax("SELECT a::pg_catalog.int2[], b::text, 'c::int[]'"),
+            "SELECT a, b::text, 'c::int[]'"
+        );
     }
 }

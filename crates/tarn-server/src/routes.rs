@@ -63,7 +63,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/ws/{ws}/lambdas/{name}/versions/{version}",
-            get(crate::lambdas::get_version).post(crate::lambdas::execute_version),
+            get(crate::lambdas::get_version)
+                .post(crate::lambdas::execute_version)
+                .delete(crate::lambdas::delete_version),
+        )
+        // Rockset's clients delete a version at `.../version/{version}` (singular).
+        .route(
+            "/ws/{ws}/lambdas/{name}/version/{version}",
+            axum::routing::delete(crate::lambdas::delete_version),
         )
         .route(
             "/ws/{ws}/lambdas/{name}/tags",
@@ -71,7 +78,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/ws/{ws}/lambdas/{name}/tags/{tag}",
-            get(crate::lambdas::get_tag).post(crate::lambdas::execute_tag),
+            get(crate::lambdas::get_tag)
+                .post(crate::lambdas::execute_tag)
+                .delete(crate::lambdas::delete_tag),
         )
         .route(
             "/ws/{ws}/collections/{c}/ingest-errors",
@@ -438,6 +447,7 @@ async fn add_documents(
     let stored = if docs.is_empty() {
         Vec::new()
     } else {
+        let _shared = crate::patch::api_write_guard(&c).await;
         c.insert(docs, Vec::new()).await?
     };
     let mut stored = stored.into_iter();
@@ -464,8 +474,25 @@ async fn collection_schema(
     Ok(Json(json!({"data": fields})))
 }
 
-async fn create_dashboard(State(st): State<AppState>, body: Body) -> ApiResult<impl IntoResponse> {
-    let d = crate::dashboards::Dashboard::parse(&read_body(body).await?)?;
+/// A dashboard body in the format its `Content-Type` names (JSON or YAML).
+async fn read_dashboard(
+    headers: &axum::http::HeaderMap,
+    body: Body,
+) -> TarnResult<crate::dashboards::Dashboard> {
+    let format = crate::dashboards::Format::from_content_type(
+        headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    crate::dashboards::Dashboard::parse_as(&read_body(body).await?, format)
+}
+
+async fn create_dashboard(
+    State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
+    let d = read_dashboard(&headers, body).await?;
     let store = st.dashboards.clone();
     let d = tokio::task::spawn_blocking(move || store.put(d, false))
         .await
@@ -476,9 +503,10 @@ async fn create_dashboard(State(st): State<AppState>, body: Body) -> ApiResult<i
 async fn update_dashboard(
     State(st): State<AppState>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<impl IntoResponse> {
-    let d = crate::dashboards::Dashboard::parse(&read_body(body).await?)?;
+    let d = read_dashboard(&headers, body).await?;
     if d.name != name {
         return Err(TarnError::invalid(format!(
             "the dashboard is named '{}' but the path names '{name}'",
@@ -498,11 +526,29 @@ async fn list_dashboards(State(st): State<AppState>) -> ApiResult<impl IntoRespo
     Ok(Json(json!({"data": st.dashboards.list()})))
 }
 
+/// `GET /dashboards/{name}`: `{"data": dashboard}`, or with `Accept: application/yaml` the
+/// dashboard document itself in YAML (what `PUT` and `--dashboard FILE.yaml` read).
 async fn get_dashboard(
     State(st): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<impl IntoResponse> {
-    Ok(Json(json!({"data": st.dashboards.get(&name)?})))
+    headers: axum::http::HeaderMap,
+) -> ApiResult<axum::response::Response> {
+    use crate::dashboards::Format;
+    let d = st.dashboards.get(&name)?;
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    Ok(match Format::from_accept(accept) {
+        Format::Yaml => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                Format::Yaml.content_type(),
+            )],
+            d.to_yaml()?,
+        )
+            .into_response(),
+        Format::Json => Json(json!({"data": d})).into_response(),
+    })
 }
 
 async fn delete_dashboard(
@@ -664,6 +710,7 @@ async fn delete_documents(
     let done = if ids.is_empty() {
         Vec::new()
     } else {
+        let _shared = crate::patch::api_write_guard(&c).await;
         c.delete(ids).await?
     };
     let mut done = done.into_iter();

@@ -72,6 +72,7 @@ impl QueryEngine {
             }),
         );
         crate::functions::register(&ctx);
+        crate::pgcatalog::register_with_storage(&ctx, &storage);
         QueryEngine { ctx, storage }
     }
 
@@ -215,6 +216,8 @@ pub fn dialect_layer(
         ctes = crate::rewrite::cte_names(s);
         warnings = crate::paths::replace_undefined_paths(s, resolve);
         crate::rewrite::rewrite(s, params)?;
+        // Postgres tools' catalog queries (`::regclass`, correlated catalog subqueries...).
+        crate::pgcatalog::rewrite(s, resolve)?;
     }
     Ok((statement, warnings, ctes))
 }

@@ -1,5 +1,6 @@
 //! Builds an Arrow record batch from documents, one typed column per JSON path.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -9,7 +10,7 @@ use arrow::array::{
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Fields, Schema};
 use arrow::record_batch::RecordBatch;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::document::Document;
 use crate::types::{self, EVENT_TIME, ID, META, NULLS};
@@ -48,8 +49,8 @@ pub fn documents_to_batch_refs(docs: &[&Document]) -> RecordBatch {
         columns.push(build_array(&metas, &meta_type));
         fields.push(Field::new(META, meta_type, true));
     }
-    for f in body_fields.iter() {
-        let values: Vec<Option<&Value>> = docs.iter().map(|d| d.body.get(f.name())).collect();
+    let bodies: Vec<Option<&Map<String, Value>>> = docs.iter().map(|d| Some(&d.body)).collect();
+    for (f, values) in body_fields.iter().zip(gather_fields(&bodies, &body_fields)) {
         columns.push(build_array(&values, f.data_type()));
         fields.push(Field::new(f.name(), f.data_type().clone(), true));
     }
@@ -103,15 +104,14 @@ pub fn build_array(values: &[Option<&Value>], dt: &DataType) -> ArrayRef {
             if fields.is_empty() {
                 return Arc::new(StructArray::new_empty_fields(values.len(), Some(validity)));
             }
+            let objects: Vec<Option<&Map<String, Value>>> = values
+                .iter()
+                .map(|v| v.and_then(Value::as_object))
+                .collect();
             let children = fields
                 .iter()
-                .map(|f| {
-                    let child: Vec<Option<&Value>> = values
-                        .iter()
-                        .map(|v| v.and_then(Value::as_object).and_then(|o| o.get(f.name())))
-                        .collect();
-                    build_array(&child, f.data_type())
-                })
+                .zip(gather_fields(&objects, fields))
+                .map(|(f, child)| build_array(&child, f.data_type()))
                 .collect();
             Arc::new(StructArray::new(fields.clone(), children, Some(validity)))
         }
@@ -141,6 +141,42 @@ pub fn build_array(values: &[Option<&Value>], dt: &DataType) -> ArrayRef {
         }
         other => unreachable!("JSON never infers {other}"),
     }
+}
+
+/// Splits objects into one value list per field of `fields` (None where an object lacks the
+/// field or is itself missing), in one pass over each object's entries. Every key of every
+/// object must be one of `fields`, as type inference guarantees.
+fn gather_fields<'a>(
+    objects: &[Option<&'a Map<String, Value>>],
+    fields: &Fields,
+) -> Vec<Vec<Option<&'a Value>>> {
+    let mut columns: Vec<Vec<Option<&Value>>> = vec![vec![None; objects.len()]; fields.len()];
+    // Objects of one stream usually list their keys in the same order, so the key at
+    // position `pos` is tried against field `pos` before the name index is consulted.
+    let mut by_name: Option<HashMap<&str, usize>> = None;
+    for (row, obj) in objects.iter().enumerate() {
+        let Some(obj) = obj else { continue };
+        for (pos, (k, v)) in obj.iter().enumerate() {
+            let idx = match fields.get(pos) {
+                Some(f) if f.name() == k => pos,
+                _ => {
+                    let index = by_name.get_or_insert_with(|| {
+                        fields
+                            .iter()
+                            .enumerate()
+                            .map(|(i, f)| (f.name().as_str(), i))
+                            .collect()
+                    });
+                    match index.get(k.as_str()) {
+                        Some(&i) => i,
+                        None => continue,
+                    }
+                }
+            };
+            columns[idx][row] = Some(v);
+        }
+    }
+    columns
 }
 
 /// Wraps JSON texts as a variant array.

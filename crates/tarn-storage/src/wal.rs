@@ -206,9 +206,17 @@ impl WalWriter {
 
     /// Writes already framed records and makes them durable before returning.
     pub fn append_durable(&mut self, framed: &[u8]) -> Result<(), TarnError> {
-        self.file.write_all(framed)?;
+        self.append_all_durable(&[framed])
+    }
+
+    /// Writes several pieces of framed records, in order, with one sync for all of them
+    /// (group commit without first copying the pieces into one buffer).
+    pub fn append_all_durable(&mut self, pieces: &[&[u8]]) -> Result<(), TarnError> {
+        for p in pieces {
+            self.file.write_all(p)?;
+        }
         self.file.sync_data()?;
-        self.bytes += framed.len() as u64;
+        self.bytes += pieces.iter().map(|p| p.len() as u64).sum::<u64>();
         Ok(())
     }
 

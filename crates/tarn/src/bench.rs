@@ -49,6 +49,20 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// CPU seconds (user and system, all threads) this process has used so far.
+fn cpu_seconds() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, in clock ticks; the name (field 2) may hold spaces.
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -125,55 +139,62 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     )?;
     let meta = json!({"source": "bench"});
     let started = Instant::now();
+    let cpu_before = cpu_seconds();
     let lines: Vec<&[u8]> = text
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .collect();
-    let storage_ingest = {
-        let c = c.clone();
-        let info = info.clone();
-        let lines: Vec<Vec<u8>> = lines.iter().map(|l| l.to_vec()).collect();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let (tx, rx) =
-                std::sync::mpsc::sync_channel::<Vec<(tarn_storage::Document, Vec<u8>)>>(4);
-            let writer = std::thread::spawn(move || -> anyhow::Result<()> {
-                for batch in rx {
-                    c.insert_blocking(batch, Vec::new())?;
-                }
-                Ok(())
-            });
-            let ctx = IngestContext {
-                event_time_info: info.options.event_time_info.as_ref(),
-                now_micros: 0,
-                meta: &meta,
-            };
-            for chunk in lines.chunks(2000) {
-                let docs = chunk
-                    .iter()
-                    .map(|l| {
-                        Ok((
-                            prepare(serde_json::from_slice(l)?, &ctx)
-                                .map_err(anyhow::Error::msg)?,
-                            l.clone(),
-                        ))
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                tx.send(docs)?;
-            }
-            drop(tx);
-            writer
-                .join()
-                .map_err(|_| anyhow::anyhow!("writer panicked"))?
-        })
+    // As the HTTP API and the stream sources do, each worker thread parses and prepares its
+    // own batches (columns and log record) and hands them to the collection's writer, which
+    // commits concurrent batches together.
+    let next_chunk = std::sync::atomic::AtomicUsize::new(0);
+    let chunks: Vec<&[&[u8]]> = lines.chunks(2000).collect();
+    let ctx = IngestContext {
+        event_time_info: info.options.event_time_info.as_ref(),
+        now_micros: 0,
+        meta: &meta,
     };
-    storage_ingest.await??;
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..cores as usize)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    loop {
+                        let i = next_chunk.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(chunk) = chunks.get(i) else {
+                            return Ok(());
+                        };
+                        let docs = chunk
+                            .iter()
+                            .map(|l| {
+                                Ok((
+                                    prepare(serde_json::from_slice(l)?, &ctx)
+                                        .map_err(anyhow::Error::msg)?,
+                                    l.to_vec(),
+                                ))
+                            })
+                            .collect::<anyhow::Result<Vec<_>>>()?;
+                        c.insert_blocking(docs, Vec::new())?;
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("an ingest worker panicked"))??;
+        }
+        Ok(())
+    })?;
     let secs = started.elapsed().as_secs_f64();
+    let cpu_secs = cpu_seconds() - cpu_before;
     let storage_mbps = mb / secs;
+    // MB per CPU-second does not depend on what else the machine runs meanwhile.
     println!(
-        "storage ingest: {:.0} docs/s, {:.1} MB/s ({:.1} MB/s per core over {cores} cores)",
+        "storage ingest: {:.0} docs/s, {:.1} MB/s ({:.1} MB/s per core over {cores} cores; \
+         {:.1} MB per CPU-second used)",
         args.docs as f64 / secs,
         storage_mbps,
-        storage_mbps / cores
+        storage_mbps / cores,
+        mb / cpu_secs.max(1e-9)
     );
     c.seal().await?;
     let rss_after = rss_bytes();

@@ -18,6 +18,20 @@ use tarn_storage::{SealPolicy, Storage};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay`: its position in `mi_option_e` of mimalloc.h (v2 and v3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps freed memory for a second before returning it to the OS. With mimalloc's default
+/// of 10 ms, the memory of each ingest batch went back to the OS and was faulted in (and
+/// zeroed by the kernel) again for the next: `MIMALLOC_PURGE_DELAY=1000 tarn bench` ingested
+/// 1.5x faster. The variable, when set, still wins.
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: mi_option_set stores an integer option; mimalloc reads it when it purges.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) }
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "tarn",
@@ -60,8 +74,8 @@ pub struct ServeArgs {
     /// Address of the Postgres endpoint (port 0 picks a free port; `off` disables it).
     #[arg(long, env = "TARN_PG", default_value = "127.0.0.1:5433")]
     pub pg: String,
-    /// A dashboard document (JSON) to load at start, replacing one of the same name;
-    /// may be given more than once.
+    /// A dashboard document to load at start (JSON, or YAML when the file ends in `.yaml`
+    /// or `.yml`), replacing one of the same name; may be given more than once.
     #[arg(long = "dashboard", value_name = "FILE")]
     pub dashboards: Vec<PathBuf>,
 }
@@ -134,6 +148,7 @@ impl ServeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -187,7 +202,8 @@ pub async fn serve(args: ServeArgs, on_ready: Option<OnReady>) -> anyhow::Result
     }
     for file in &args.dashboards {
         let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let d = tarn_server::dashboards::Dashboard::parse(&text)
+        let format = tarn_server::dashboards::Format::from_path(file);
+        let d = tarn_server::dashboards::Dashboard::parse_as(&text, format)
             .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.message))?;
         tracing::info!(dashboard = %d.name, file = %file.display(), "dashboard loaded");
         state.dashboards.put(d, true)?;

@@ -2,8 +2,10 @@
 
 mod api;
 mod crash;
+mod dashboards;
 mod kafka;
 mod kinesis;
+mod patch;
 mod peers;
 mod pg;
 mod rockset_clients;

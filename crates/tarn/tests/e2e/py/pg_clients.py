@@ -1,6 +1,8 @@
 """psycopg 3 against tarn's Postgres endpoint: extended protocol with server-side
 parameters, text and binary results with their types, what tools ask on connect,
-information_schema, a Grafana-style time-series query, and a wrong password refused.
+information_schema and pg_catalog, a Grafana-style time-series query, SQLAlchemy 2's
+reflection (tables, columns and their types, no keys or indexes), and a wrong password
+refused.
 Results are checked against tarn's own SQL over HTTP.
 
 Usage: pg_clients.py HOST PORT API_KEY TARN_URL
@@ -62,12 +64,60 @@ with psycopg.connect(dsn) as conn:
         checks.passed()
         conn.rollback()
 
-# SQLAlchemy 2's reflection of the table list (through pg_catalog).
+    # Catalog lookups as tools write them: reg* casts and oids that join up.
+    row = conn.execute(
+        "SELECT c.oid = 'events'::regclass, c.oid::regclass::text, format_type(a.atttypid, a.atttypmod) "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
+        "WHERE c.relname = %s AND a.attname = %s", ("twitter-kinesis-demo", "id")).fetchone()
+    check(row == (False, '"twitter-kinesis-demo"', "jsonb"), "regclass and format_type: %s" % (row,))
+    conn.rollback()
+
+# SQLAlchemy 2's reflection (through pg_catalog).
 import sqlalchemy  # noqa: E402
+from sqlalchemy.dialects import postgresql  # noqa: E402
 
 engine = sqlalchemy.create_engine(f"postgresql+psycopg://tarn:{key}@{host}:{port}/tarn")
-names = sqlalchemy.inspect(engine).get_table_names(schema="commons")
-check(names == ["events"], "SQLAlchemy get_table_names: %s" % names)
+inspector = sqlalchemy.inspect(engine)
+names = inspector.get_table_names(schema="commons")
+check(names == ["events", "twitter-kinesis-demo"], "SQLAlchemy get_table_names: %s" % names)
+expected = {
+    "events": [("_id", postgresql.TEXT, False), ("_event_time", postgresql.TIMESTAMP, False),
+               ("_meta", postgresql.JSONB, True), ("a", postgresql.BIGINT, True),
+               ("s", postgresql.TEXT, True), ("f", postgresql.DOUBLE_PRECISION, True),
+               ("b", postgresql.BOOLEAN, True), ("o", postgresql.JSONB, True)],
+    "twitter-kinesis-demo": [("_id", postgresql.TEXT, False),
+                             ("_event_time", postgresql.TIMESTAMP, False),
+                             ("_meta", postgresql.JSONB, True), ("id", postgresql.JSONB, True),
+                             ("text", postgresql.TEXT, True), ("user", postgresql.JSONB, True),
+                             ("retweeted", postgresql.BOOLEAN, True),
+                             ("created_at", postgresql.TEXT, True)],
+}
+for table, want in expected.items():
+    cols = inspector.get_columns(table, schema="commons")
+    got = [(c["name"], type(c["type"]), c["nullable"]) for c in cols]
+    check(got == want, "SQLAlchemy get_columns(%s): %s" % (table, got))
+    check(all(c["default"] is None for c in cols), "no defaults: %s" % cols)
+    ts = [c["type"] for c in cols if c["name"] == "_event_time"]
+    check(ts and ts[0].timezone, "_event_time is timestamp with time zone: %s" % ts)
+    pk = inspector.get_pk_constraint(table, schema="commons")
+    check(pk["constrained_columns"] == [], "get_pk_constraint: %s" % pk)
+    check(inspector.get_foreign_keys(table, schema="commons") == [], "get_foreign_keys")
+    check(inspector.get_indexes(table, schema="commons") == [], "get_indexes")
+    check(inspector.get_unique_constraints(table, schema="commons") == [], "get_unique_constraints")
+    check(inspector.get_check_constraints(table, schema="commons") == [], "get_check_constraints")
+    check(inspector.get_table_comment(table, schema="commons") == {"text": None}, "get_table_comment")
+# get_columns without a schema reads the current one, commons.
+check([c["name"] for c in inspector.get_columns("events")][:3] == ["_id", "_event_time", "_meta"],
+      "get_columns in the default schema")
+# A reflected Table queries like a declared one.
+table = sqlalchemy.Table("events", sqlalchemy.MetaData(), autoload_with=engine, schema="commons")
+with engine.connect() as c:
+    rows = c.execute(sqlalchemy.select(table.c.a, table.c.s).where(table.c.a > 1).order_by(table.c.a)).all()
+check([tuple(r) for r in rows] == [(2, "two"), (3, "three")], "reflected table query: %s" % rows)
+metadata = sqlalchemy.MetaData()
+metadata.reflect(engine, schema="commons")
+check(sorted(metadata.tables) == ["commons.events", "commons.twitter-kinesis-demo"],
+      "MetaData.reflect: %s" % sorted(metadata.tables))
 engine.dispose()
 
 try:

@@ -117,6 +117,36 @@ check(old.execute().results == tarn_sql("SELECT count(*) AS n FROM docs08 WHERE 
 listed = rs.QueryLambda.list()
 check(any(getattr(x, "name", None) == "count_from" for x in listed), "lambda list: %s" % listed)
 
+# query lambdas: delete a tag, a version (refused while a tag names it), then the lambda,
+# through the client's generated API (delete_0: a tag, delete_1: a version)
+api = rs.QueryLambda._api
+try:
+    api.delete_1("commons", "count_from", ql2.version)
+    check(False, "a tagged version was deleted")
+except InputError as e:
+    check(e.code == 400 and "'dev'" in e.message, "the refusal names the tag: %s" % e)
+gone = api.delete_0("commons", "count_from", "dev").to_dict()["data"]
+check(gone["tag_name"] == "dev" and gone["version"]["version"] == ql2.version, "deleted tag: %s" % gone)
+try:
+    rs.QueryLambda.retrieveByTag("count_from", tag="dev", workspace="commons")
+    check(False, "a deleted tag was found")
+except InputError as e:
+    check(e.code == 404, "deleted tag: %s" % e)
+gone = api.delete_1("commons", "count_from", ql2.version).to_dict()["data"]
+check(gone["version"] == ql2.version and "i < :lo" in gone["sql"]["query"], "deleted version: %s" % gone)
+latest = rs.QueryLambda.retrieveByTag("count_from", tag="latest", workspace="commons")
+check(latest.version == v1, "latest moved back to the version left: %s" % latest.version)
+check(latest.execute().results == tarn_sql("SELECT count(*) AS n FROM docs08 WHERE i >= 100"),
+      "the version left runs its own SQL")
+try:
+    rs.QueryLambda.retrieveByVersion("count_from", version=ql2.version, workspace="commons")
+    check(False, "a deleted version was found")
+except InputError as e:
+    check(e.code == 404, "deleted version: %s" % e)
+latest.drop()
+listed = rs.QueryLambda.list()
+check(not any(getattr(x, "name", None) == "count_from" for x in listed), "after drop: %s" % listed)
+
 # errors become the client's own exceptions
 try:
     rs.sql(Q("SELEC nonsense")).results()

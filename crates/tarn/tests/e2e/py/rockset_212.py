@@ -130,6 +130,42 @@ t = rs.QueryLambdas.get_query_lambda_tag_version(query_lambda="big_n", tag="stab
 check(t.version.version == v1.version, "tag version")
 listed = [l.name for l in rs.QueryLambdas.list_all_query_lambdas().data]
 check("big_n" in listed, "list: %s" % listed)
+# deleting: a version a tag names is refused (naming the tag), then the tag, the version
+# and the whole lambda go
+try:
+    rs.QueryLambdas.delete_query_lambda_version(query_lambda="big_n", version=v1.version, workspace="commons")
+    check(False, "a tagged version was deleted")
+except exceptions.BadRequestException as e:
+    check("'stable'" in str(e.body), "the refusal names the tag: %s" % e.body)
+t = rs.QueryLambdas.delete_query_lambda_tag(query_lambda="big_n", tag="stable", workspace="commons").data
+check(t.tag_name == "stable" and t.version.version == v1.version, "deleted tag: %s" % t)
+tags = [t.tag_name for t in rs.QueryLambdas.list_query_lambda_tags(query_lambda="big_n", workspace="commons").data]
+check(tags == ["latest"], "tags after delete: %s" % tags)
+try:
+    rs.QueryLambdas.get_query_lambda_tag_version(query_lambda="big_n", tag="stable", workspace="commons")
+    check(False, "a deleted tag was found")
+except exceptions.NotFoundException:
+    checks.passed()
+try:
+    rs.QueryLambdas.delete_query_lambda_tag(query_lambda="big_n", tag="latest", workspace="commons")
+    check(False, "the latest tag was deleted")
+except exceptions.BadRequestException as e:
+    check("latest" in str(e.body), "latest stays: %s" % e.body)
+d = rs.QueryLambdas.delete_query_lambda_version(query_lambda="big_n", version=v1.version, workspace="commons").data
+check(d.version == v1.version and d.sql.query.startswith("SELECT _id FROM docs2x"), "deleted version: %s" % d)
+versions = [v.version for v in rs.QueryLambdas.list_query_lambda_versions(query_lambda="big_n", workspace="commons").data]
+check(versions == [v2.version], "versions after delete: %s" % versions)
+try:
+    rs.QueryLambdas.execute_query_lambda(query_lambda="big_n", version=v1.version, workspace="commons")
+    check(False, "a deleted version ran")
+except exceptions.NotFoundException:
+    checks.passed()
+r = rs.QueryLambdas.execute_query_lambda_by_tag(query_lambda="big_n", tag="latest", workspace="commons")
+check(r.results == [{"c": 2}], "the remaining version runs: %s" % r.results)
+gone = rs.QueryLambdas.delete_query_lambda(query_lambda="big_n", workspace="commons").data
+check(gone.name == "big_n", "deleted lambda: %s" % gone)
+listed = [l.name for l in rs.QueryLambdas.list_all_query_lambdas().data]
+check("big_n" not in listed, "list after delete: %s" % listed)
 
 # workspaces
 rs.Workspaces.create(name="ws2x", description="from 2.1.2")
