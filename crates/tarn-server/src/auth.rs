@@ -1,6 +1,11 @@
 //! API keys: created by `tarn apikey create` or Rockset's REST endpoints, stored hashed
 //! (SHA-256) in `apikeys.json` with mode 0600, and checked on every API request.
 //!
+//! Each key also keeps a SCRAM-SHA-256 verifier (salt, iteration count, `StoredKey`,
+//! `ServerKey`, as Postgres keeps for a password) so the Postgres endpoint can authenticate
+//! the key by SCRAM without ever holding it; key files written before verifiers existed load
+//! without them.
+//!
 //! A request carries its key as `Authorization: ApiKey KEY` (Rockset's form), `Bearer KEY`,
 //! or `?apikey=KEY` (for browsers' EventSource, which cannot set headers). The server runs
 //! without keys only when it listens on loopback and no key exists.
@@ -23,6 +28,79 @@ pub struct KeyRecord {
     /// The key's last four characters, to tell keys apart in listings.
     pub last4: String,
     pub created_at: String,
+    /// The key's SCRAM-SHA-256 verifier; absent in key files from before it was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram: Option<ScramVerifier>,
+}
+
+/// The SCRAM-SHA-256 iteration count of new verifiers (Postgres's default).
+pub const SCRAM_ITERATIONS: u32 = 4096;
+
+/// A SCRAM-SHA-256 verifier (RFC 5802, RFC 7677) of a key, byte strings in hex.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScramVerifier {
+    pub iterations: u32,
+    pub salt: String,
+    /// `H(HMAC(SaltedPassword, "Client Key"))`.
+    pub stored_key: String,
+    /// `HMAC(SaltedPassword, "Server Key")`.
+    pub server_key: String,
+}
+
+impl ScramVerifier {
+    /// The verifier of `key` with a fresh random salt.
+    pub fn new(key: &str) -> Option<ScramVerifier> {
+        use pgwire::api::auth::sasl::scram::{ScramSecret, gen_salted_password};
+        let salt = rand::random::<[u8; 16]>().to_vec();
+        let iterations = SCRAM_ITERATIONS as usize;
+        let salted = gen_salted_password(key, &salt, iterations);
+        match ScramSecret::verifier_from_salted_password(salt.clone(), salted, iterations) {
+            ScramSecret::Verifier {
+                stored_key,
+                server_key,
+                ..
+            } => Some(ScramVerifier {
+                iterations: SCRAM_ITERATIONS,
+                salt: hex(&salt),
+                stored_key: hex(&stored_key),
+                server_key: hex(&server_key),
+            }),
+            // Not built by `verifier_from_salted_password`.
+            ScramSecret::SaltedPassword { .. } => None,
+        }
+    }
+
+    /// The verifier as bytes; `None` when a field is not hex (a hand-edited key file).
+    pub fn decode(&self) -> Option<ScramKeys> {
+        Some(ScramKeys {
+            salt: unhex(&self.salt)?,
+            iterations: self.iterations as usize,
+            stored_key: unhex(&self.stored_key)?,
+            server_key: unhex(&self.server_key)?,
+        })
+    }
+}
+
+/// A decoded [`ScramVerifier`], as SCRAM's server side uses it.
+pub struct ScramKeys {
+    pub salt: Vec<u8>,
+    pub iterations: usize,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 impl KeyRecord {
@@ -38,10 +116,7 @@ impl KeyRecord {
 }
 
 fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(text.as_bytes()))
 }
 
 /// Compares without stopping at the first difference.
@@ -116,6 +191,21 @@ impl ApiKeys {
             .any(|k| same(&k.hash, &hash))
     }
 
+    /// The key named `name`, if it exists.
+    pub fn named(&self, name: &str) -> Option<KeyRecord> {
+        if let Err(e) = self.refresh() {
+            tracing::error!(error = %e.message, "cannot read the API keys");
+            return None;
+        }
+        self.loaded.lock().keys.get(name).cloned()
+    }
+
+    /// Whether `key` is the current key named `name`.
+    pub fn verify_named(&self, name: &str, key: &str) -> bool {
+        self.named(name)
+            .is_some_and(|k| same(&k.hash, &sha256_hex(key)))
+    }
+
     /// Creates a key; the returned text is the only time the key is shown.
     pub fn create(&self, name: &str) -> TarnResult<(KeyRecord, String)> {
         tarn_common::names::validate_name("API key", name)?;
@@ -135,6 +225,7 @@ impl ApiKeys {
             hash: sha256_hex(&key),
             last4: key[key.len() - 4..].to_owned(),
             created_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            scram: ScramVerifier::new(&key),
         };
         l.keys.insert(name.to_owned(), record.clone());
         if let Err(e) = self.save(&mut l) {
@@ -307,6 +398,52 @@ mod tests {
         keys.revoke("ci").unwrap();
         assert!(!other.verify(&key));
         assert!(keys.revoke("ci").is_err());
+    }
+
+    #[test]
+    fn keys_carry_a_scram_verifier_and_old_files_load_without_one() {
+        use pgwire::api::auth::sasl::scram::{ScramSecret, gen_salted_password};
+        let dir = tempfile::tempdir().unwrap();
+        let keys = ApiKeys::open(dir.path()).unwrap();
+        let (rec, key) = keys.create("grafana").unwrap();
+        let v = rec.scram.expect("a verifier");
+        let ScramKeys {
+            salt,
+            iterations,
+            stored_key,
+            server_key,
+        } = v.decode().unwrap();
+        assert_eq!((salt.len(), iterations), (16, 4096));
+        let salted = gen_salted_password(&key, &salt, iterations);
+        let ScramSecret::Verifier {
+            stored_key: s,
+            server_key: k,
+            ..
+        } = ScramSecret::verifier_from_salted_password(salt, salted, iterations)
+        else {
+            panic!("a verifier")
+        };
+        assert_eq!((s, k), (stored_key, server_key));
+        assert!(keys.verify_named("grafana", &key));
+        assert!(!keys.verify_named("other", &key));
+        assert!(!keys.verify_named("grafana", "tarn_wrong"));
+        // A key file from before verifiers: the key still verifies, without SCRAM.
+        let old = format!(
+            r#"{{"old": {{"name": "old", "hash": "{}", "last4": "abcd", "created_at": "2026-01-01T00:00:00Z"}}}}"#,
+            sha256_hex("tarn_old")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("apikeys.json"), old).unwrap();
+        let keys = ApiKeys::open(dir.path()).unwrap();
+        assert!(keys.verify("tarn_old") && keys.verify_named("old", "tarn_old"));
+        assert!(keys.named("old").unwrap().scram.is_none());
+        let bad = ScramVerifier {
+            iterations: 4096,
+            salt: "zz".into(),
+            stored_key: String::new(),
+            server_key: String::new(),
+        };
+        assert!(bad.decode().is_none());
     }
 
     #[test]

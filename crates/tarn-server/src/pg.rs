@@ -1,16 +1,18 @@
 //! The Postgres endpoint (`tarn serve --pg ADDR`), on the `pgwire` crate: the simple and
 //! extended query protocols over the same query engine as the REST API, with the API key as
 //! the password, and the statements tools send when they connect (`SET`, `SHOW`,
-//! `version()`, `information_schema`).
+//! `version()`, `information_schema`). TLS through rustls when a certificate is configured
+//! (`tls.rs`), SCRAM-SHA-256 or a cleartext password (`startup.rs`), and cancel requests:
+//! a running statement of a session is dropped (DataFusion stops with it) and the client
+//! gets SQLSTATE 57014.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::stream;
-use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
-use pgwire::api::auth::noop::NoopStartupHandler;
-use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password};
+use pgwire::api::auth::DefaultServerParameterProvider;
+use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{
@@ -18,13 +20,19 @@ use pgwire::api::results::{
     FieldFormat, FieldInfo, QueryResponse, Response, Tag,
 };
 use pgwire::api::stmt::{NoopQueryParser, StoredStatement};
-use pgwire::api::{ClientInfo, PgWireServerHandlers, Type};
+use pgwire::api::{ClientInfo, ConnectionHandle, ConnectionManager, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use serde_json::Value;
 use tarn_common::TarnError;
 use tarn_sql::{QueryParameter, QueryRequest};
 
 use crate::AppState;
+
+mod startup;
+mod tls;
+
+use startup::Startup;
+pub use tls::PgTls;
 
 /// The Postgres version tarn reports (tools pick their SQL by it).
 pub const SERVER_VERSION: &str = "16.0";
@@ -149,8 +157,9 @@ fn pg_syntax(sql: &str) -> String {
     out
 }
 
-/// Answers for statements tools send that are about the session, not data.
-fn session_statement(sql: &str) -> Option<Response> {
+/// Answers for statements tools send that are about the session, not data. `tls`: whether
+/// the endpoint has a certificate (`SHOW ssl`, as Postgres answers it).
+fn session_statement(sql: &str, tls: bool) -> Option<Response> {
     let s = sql.trim().trim_end_matches(';').trim();
     let lower = s.to_ascii_lowercase();
     let first = lower.split_whitespace().next().unwrap_or_default();
@@ -175,6 +184,8 @@ fn session_statement(sql: &str) -> Option<Response> {
                 "datestyle" => "ISO, MDY",
                 "max_identifier_length" => "63",
                 "transaction_read_only" | "default_transaction_read_only" => "off",
+                "ssl" if tls => "on",
+                "ssl" => "off",
                 _ => "",
             };
             let field = FieldInfo::new(name, None, None, Type::TEXT, FieldFormat::Text);
@@ -194,7 +205,56 @@ fn session_statement(sql: &str) -> Option<Response> {
 pub struct PgBackend {
     state: AppState,
     parser: Arc<NoopQueryParser>,
+    /// Whether the endpoint has a TLS certificate.
+    tls: bool,
 }
+
+/// Runs `work` until it ends or a cancel request for this session arrives; a cancelled
+/// `work` is dropped, which stops its DataFusion execution, and the client gets SQLSTATE
+/// 57014. pgwire does this itself around Query and Execute; Describe runs statements too.
+async fn cancellable<C, T>(
+    client: &C,
+    work: impl std::future::Future<Output = PgWireResult<T>>,
+) -> PgWireResult<T>
+where
+    C: ClientInfo,
+{
+    let Some(handle) = client.session_extensions().get::<Arc<ConnectionHandle>>() else {
+        return work.await;
+    };
+    let cancel = handle.start_query().await;
+    tokio::select! {
+        result = work => result,
+        Ok(()) = cancel => Err(PgWireError::QueryCanceled),
+    }
+}
+
+/// What identifies a bound portal's run: its name, statement, parameter values and
+/// result formats.
+#[derive(PartialEq)]
+struct PortalKey {
+    name: String,
+    sql: String,
+    parameters: Vec<Option<bytes::Bytes>>,
+    formats: String,
+}
+
+impl PortalKey {
+    fn of(portal: &Portal<String>) -> PortalKey {
+        PortalKey {
+            name: portal.name.clone(),
+            sql: portal.statement.statement.clone(),
+            parameters: portal.parameters.clone(),
+            formats: format!("{:?}", portal.result_column_format),
+        }
+    }
+}
+
+/// The result a Describe of a portal computed, kept in the session for the Execute that
+/// follows it (libpq sends Parse, Bind, Describe and Execute together), so that the
+/// statement runs once, not twice.
+#[derive(Default)]
+struct DescribedPortal(parking_lot::Mutex<Option<(PortalKey, Response)>>);
 
 impl PgBackend {
     async fn run(
@@ -203,7 +263,7 @@ impl PgBackend {
         parameters: Vec<QueryParameter>,
         format: &Format,
     ) -> PgWireResult<Response> {
-        if let Some(r) = session_statement(sql) {
+        if let Some(r) = session_statement(sql, self.tls) {
             return Ok(r);
         }
         let req = QueryRequest {
@@ -212,6 +272,18 @@ impl PgBackend {
             default_row_limit: None,
         };
         let out = self.state.engine.query(&req).await.map_err(query_error)?;
+        if let Format::Individual(codes) = format
+            && codes.len() != out.column_fields.len()
+        {
+            return Err(user_error(
+                "08P01",
+                format!(
+                    "bind message has {} result formats but query has {} columns",
+                    codes.len(),
+                    out.column_fields.len()
+                ),
+            ));
+        }
         let types: Vec<Type> = out
             .column_fields
             .iter()
@@ -340,13 +412,22 @@ impl ExtendedQueryHandler for PgBackend {
 
     async fn do_query<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<Self::Statement>,
         _max_rows: usize,
     ) -> PgWireResult<Response>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        let described = client
+            .session_extensions()
+            .get::<DescribedPortal>()
+            .and_then(|d| d.0.lock().take());
+        if let Some((key, response)) = described
+            && key == PortalKey::of(portal)
+        {
+            return Ok(response);
+        }
         let params = portal_parameters(portal)?;
         self.run(
             &portal.statement.statement,
@@ -358,7 +439,7 @@ impl ExtendedQueryHandler for PgBackend {
 
     async fn do_describe_statement<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         stmt: &StoredStatement<Self::Statement>,
     ) -> PgWireResult<DescribeStatementResponse>
     where
@@ -377,35 +458,43 @@ impl ExtendedQueryHandler for PgBackend {
                     .unwrap_or(Type::TEXT)
             })
             .collect();
-        let fields = self.describe_fields(&stmt.statement, n).await;
+        let fields = cancellable(client, self.describe_fields(&stmt.statement, n)).await?;
         Ok(DescribeStatementResponse::new(param_types, fields))
     }
 
     async fn do_describe_portal<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<Self::Statement>,
     ) -> PgWireResult<DescribePortalResponse>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
         let params = portal_parameters(portal)?;
-        match self
-            .run(
-                &portal.statement.statement,
-                params,
-                &portal.result_column_format,
-            )
-            .await?
-        {
-            Response::Query(q) => Ok(DescribePortalResponse::new(q.row_schema().to_vec())),
+        let run = self.run(
+            &portal.statement.statement,
+            params,
+            &portal.result_column_format,
+        );
+        match cancellable(client, run).await? {
+            Response::Query(q) => {
+                let fields = q.row_schema().to_vec();
+                *client
+                    .session_extensions()
+                    .get_or_insert_with(DescribedPortal::default)
+                    .0
+                    .lock() = Some((PortalKey::of(portal), Response::Query(q)));
+                Ok(DescribePortalResponse::new(fields))
+            }
             _ => Ok(DescribePortalResponse::no_data()),
         }
     }
 }
 
 impl PgBackend {
-    async fn describe_fields(&self, sql: &str, n: usize) -> Vec<FieldInfo> {
+    /// The columns of a statement, learnt by running it with NULL parameters (none when
+    /// that fails).
+    async fn describe_fields(&self, sql: &str, n: usize) -> PgWireResult<Vec<FieldInfo>> {
         let params = (1..=n)
             .map(|i| QueryParameter {
                 name: format!("p{i}"),
@@ -413,10 +502,10 @@ impl PgBackend {
                 value: Value::Null,
             })
             .collect();
-        match self.run(sql, params, &Format::UnifiedBinary).await {
+        Ok(match self.run(sql, params, &Format::UnifiedBinary).await {
             Ok(Response::Query(q)) => q.row_schema().to_vec(),
             _ => Vec::new(),
-        }
+        })
     }
 }
 
@@ -443,48 +532,23 @@ fn count_params(sql: &str) -> usize {
     max
 }
 
-/// Checks the password as an API key.
-#[derive(Debug)]
-struct ApiKeyPassword(AppState);
-
 impl Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AppState")
     }
 }
 
-#[async_trait]
-impl AuthSource for ApiKeyPassword {
-    async fn get_password(&self, _login: &LoginInfo) -> PgWireResult<Password> {
-        // Keys are stored hashed: verification goes through `verify_password`.
-        Err(user_error("28P01", "password lookup is not supported"))
-    }
-
-    async fn verify_password(
-        &self,
-        login: &LoginInfo,
-        presented: &[u8],
-    ) -> PgWireResult<Option<()>> {
-        let key = std::str::from_utf8(presented).unwrap_or_default();
-        if self.0.keys.verify(key) {
-            Ok(None)
-        } else {
-            Err(PgWireError::InvalidPassword(
-                login.user().unwrap_or_default().to_owned(),
-            ))
-        }
-    }
-}
-
 /// Builds the handlers of each connection.
 pub struct PgHandlers {
     backend: Arc<PgBackend>,
-    state: AppState,
+    startup: Arc<Startup>,
+    cancel: Arc<DefaultCancelHandler>,
 }
 
 fn parameters() -> DefaultServerParameterProvider {
     let mut p = DefaultServerParameterProvider::default();
     p.server_version = SERVER_VERSION.to_owned();
+    p.scram_iterations = crate::auth::SCRAM_ITERATIONS as usize;
     p
 }
 
@@ -498,57 +562,40 @@ impl PgWireServerHandlers for PgHandlers {
     }
 
     fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
-        Arc::new(StartupByKeys {
-            open: self.state.keys.is_empty() && self.state.open_without_keys,
-            cleartext: CleartextPasswordAuthStartupHandler::new(
-                ApiKeyPassword(self.state.clone()),
-                parameters(),
-            ),
-            noop: NoopStartupHandlerWithParams,
-        })
+        self.startup.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
     }
 }
 
-/// Without keys on loopback no password is asked; otherwise the API key is the password.
-struct StartupByKeys {
-    open: bool,
-    cleartext: CleartextPasswordAuthStartupHandler<ApiKeyPassword, DefaultServerParameterProvider>,
-    noop: NoopStartupHandlerWithParams,
-}
-
-struct NoopStartupHandlerWithParams;
-
-impl NoopStartupHandler for NoopStartupHandlerWithParams {}
-
-#[async_trait]
-impl pgwire::api::auth::StartupHandler for StartupByKeys {
-    async fn on_startup<C>(
-        &self,
-        client: &mut C,
-        message: pgwire::messages::PgWireFrontendMessage,
-    ) -> PgWireResult<()>
-    where
-        C: ClientInfo + futures::Sink<pgwire::messages::PgWireBackendMessage> + Unpin + Send + Sync,
-        C::Error: Debug,
-        PgWireError: From<<C as futures::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
-    {
-        if self.open {
-            self.noop.on_startup(client, message).await
-        } else {
-            self.cleartext.on_startup(client, message).await
-        }
-    }
-}
-
-/// Serves the Postgres protocol on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState) {
+/// Serves the Postgres protocol on `listener` until the task is dropped; with `tls`,
+/// clients that ask for TLS get it (others stay in plain text), without it an SSLRequest
+/// is answered `N`. No password is asked while no key exists and both the HTTP API
+/// (`state.open_without_keys`) and this listener are on loopback.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, tls: Option<PgTls>) {
+    let loopback = listener
+        .local_addr()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or(false);
+    let manager = Arc::new(ConnectionManager::new());
     let handlers = Arc::new(PgHandlers {
         backend: Arc::new(PgBackend {
             state: state.clone(),
             parser: Arc::new(NoopQueryParser::new()),
+            tls: tls.is_some(),
         }),
-        state,
+        startup: Arc::new(Startup::new(
+            state.clone(),
+            state.open_without_keys && loopback,
+            parameters(),
+            manager.clone(),
+            tls.as_ref().map(|t| &t.cert_pem[..]),
+        )),
+        cancel: Arc::new(DefaultCancelHandler::new(manager)),
     });
+    let acceptor = tls.map(|t| t.acceptor);
     loop {
         let (socket, _) = match listener.accept().await {
             Ok(s) => s,
@@ -558,8 +605,9 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) {
             }
         };
         let h = handlers.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            if let Err(e) = pgwire::tokio::process_socket(socket, None, h).await {
+            if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, h).await {
                 tracing::debug!(error = %e, "pg connection ended with an error");
             }
         });
@@ -582,10 +630,10 @@ mod tests {
             vec!["SELECT 1".to_string(), " SELECT ';'".to_string()]
         );
         assert!(matches!(
-            session_statement("SET datestyle = ISO"),
+            session_statement("SET datestyle = ISO", false),
             Some(Response::Execution(_))
         ));
-        assert!(session_statement("SELECT 1").is_none());
+        assert!(session_statement("SELECT 1", false).is_none());
         assert_eq!(
             pg_syntax(
                 "WHERE c.relname OPERATOR(pg_catalog.~) '^(a)$' AND x = 'OPERATOR(pg_catalog.~)'"

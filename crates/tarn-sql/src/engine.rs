@@ -1,6 +1,9 @@
 //! Runs a query: plan through DataFusion over a catalog of live collections, then JSON results.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use datafusion::arrow::datatypes::DataType;
@@ -47,7 +50,53 @@ pub struct QueryOutput {
     pub warnings: Vec<String>,
 }
 
-/// Plans and runs SQL over the collections of a [`Storage`].
+/// The runtime queries execute on, apart from the one that serves connections and
+/// ingests. DataFusion's operators are polled without preemption, and one poll of a heavy
+/// operator can take seconds; on a runtime of their own, such queries leave the server's
+/// threads free to accept connections, answer health checks, ingest and take cancel
+/// requests (the OS shares the cores between the two runtimes' threads). One per process,
+/// with a worker per core, started on first use and kept until the process ends.
+pub fn query_runtime() -> &'static tokio::runtime::Handle {
+    static HANDLE: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("tarn-query")
+            .enable_all()
+            .build()
+            .expect("the query runtime starts (threads can be created)");
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("tarn-query-rt".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .expect("the query runtime's thread starts");
+        handle
+    })
+}
+
+/// A task on another runtime, aborted when its awaiting future is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<TarnResult<T>>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = TarnResult<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TarnResult<T>> {
+        Pin::new(&mut self.0).poll(cx).map(|joined| {
+            joined.unwrap_or_else(|e| Err(TarnError::internal(format!("the query stopped: {e}"))))
+        })
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Plans and runs SQL over the collections of a [`Storage`]. Cloning is cheap: clones
+/// share the session and the storage.
+#[derive(Clone)]
 pub struct QueryEngine {
     ctx: SessionContext,
     storage: Arc<Storage>,
@@ -76,8 +125,17 @@ impl QueryEngine {
         QueryEngine { ctx, storage }
     }
 
-    /// Runs one query.
+    /// Runs one query on the query runtime ([`query_runtime`]). Dropping the returned
+    /// future (a client that went away, a Postgres cancel request) stops the query: its
+    /// task is aborted, and DataFusion's own tasks with it.
     pub async fn query(&self, req: &QueryRequest) -> TarnResult<QueryOutput> {
+        let engine = self.clone();
+        let req = req.clone();
+        AbortOnDrop(query_runtime().spawn(async move { engine.query_here(&req).await })).await
+    }
+
+    /// Runs one query on the caller's runtime.
+    async fn query_here(&self, req: &QueryRequest) -> TarnResult<QueryOutput> {
         let started = Instant::now();
         let query_id = uuid::Uuid::new_v4().to_string();
         let (df, warnings) = self.plan(&req.sql, &req.parameters).await?;

@@ -37,6 +37,17 @@ pub struct BenchArgs {
     /// Seconds of producing at each rate.
     #[arg(long, default_value_t = 10)]
     pub kafka_secs: u64,
+    /// Run only the live-dashboard benchmark: the demo's stream at `--live-rate` tweets/s
+    /// and, for each of `--live-viewers`, that many simulated viewers of the Tweets dashboard.
+    #[arg(long)]
+    pub live: bool,
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    pub live_viewers: Vec<usize>,
+    #[arg(long, default_value_t = 5_000)]
+    pub live_rate: u64,
+    /// Seconds of the measured steady phase at each viewer count.
+    #[arg(long, default_value_t = 20)]
+    pub live_secs: u64,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -91,6 +102,15 @@ fn dir_size(p: &Path) -> u64 {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.kafka {
         return crate::bench_kafka::run(&args.dir, &args.kafka_rates, args.kafka_secs).await;
+    }
+    if args.live {
+        return crate::bench_live::run(
+            &args.dir,
+            &args.live_viewers,
+            args.live_rate,
+            args.live_secs,
+        )
+        .await;
     }
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir)?;

@@ -1,6 +1,8 @@
 //! `tarn demo`: the server, the collection `twitter-kinesis-demo` fed by generated tweets
 //! through an in-process Kafka stream, and the live dashboard.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
@@ -58,7 +60,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     serve(
         args.serve,
         Some(Box::new(move |state: tarn_server::AppState, addr| {
-            if let Err(e) = start(&state, rate) {
+            if let Err(e) = start(&state, rate, Arc::default()) {
                 tracing::error!(error = %e, "the demo could not start its stream");
                 return;
             }
@@ -76,9 +78,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// The demo's stream: librdkafka's mock cluster in this process, fed by the tweet
 /// generator, read by the collection through the real Kafka source (the same code that
 /// reads a real broker). The collection is created afresh on each run: the stream is new.
-fn start(state: &tarn_server::AppState, rate: u64) -> anyhow::Result<()> {
+/// The stream's thread produces until `stop` is set, then stops the cluster and ends.
+pub(crate) fn start(
+    state: &tarn_server::AppState,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<String>>();
-    std::thread::Builder::new()
+    let stream = std::thread::Builder::new()
         .name("tarn-demo-stream".into())
         .spawn(move || {
             let cluster = match MockCluster::new(1).and_then(|c| {
@@ -93,7 +100,7 @@ fn start(state: &tarn_server::AppState, rate: u64) -> anyhow::Result<()> {
             };
             let bootstrap = cluster.bootstrap_servers();
             let _ = tx.send(Ok(bootstrap.clone()));
-            if let Err(e) = produce(&bootstrap, rate) {
+            if let Err(e) = produce(&bootstrap, rate, &stop) {
                 tracing::error!(error = %e, "the demo producer stopped");
             }
             drop(cluster);
@@ -143,11 +150,11 @@ fn start(state: &tarn_server::AppState, rate: u64) -> anyhow::Result<()> {
         extra,
     )?;
     state.sources.start(&info, &c)?;
-    Ok(())
+    Ok(stream)
 }
 
-/// Writes generated tweets into the demo topic at `rate` per second.
-fn produce(bootstrap: &str, rate: u64) -> anyhow::Result<()> {
+/// Writes generated tweets into the demo topic at `rate` per second until `stop` is set.
+fn produce(bootstrap: &str, rate: u64, stop: &AtomicBool) -> anyhow::Result<()> {
     let writer =
         KafkaWriter::connect(&format!("kafka://{bootstrap}/tweets")).map_err(anyhow::Error::msg)?;
     let mut generator = TweetGenerator::new(
@@ -157,7 +164,7 @@ fn produce(bootstrap: &str, rate: u64) -> anyhow::Result<()> {
     let tick = Duration::from_millis(100);
     let per_tick = (rate / 10).max(1) as usize;
     let mut next = Instant::now();
-    loop {
+    while !stop.load(Ordering::Relaxed) {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let batch: Vec<Vec<u8>> = (0..per_tick)
             .map(|_| serde_json::to_vec(&generator.tweet(now_ms)).expect("JSON values serialize"))
@@ -168,4 +175,5 @@ fn produce(bootstrap: &str, rate: u64) -> anyhow::Result<()> {
             std::thread::sleep(wait);
         }
     }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_kafka;
+mod bench_live;
 mod demo;
 mod produce;
 mod tweets;
@@ -74,6 +75,23 @@ pub struct ServeArgs {
     /// Address of the Postgres endpoint (port 0 picks a free port; `off` disables it).
     #[arg(long, env = "TARN_PG", default_value = "127.0.0.1:5433")]
     pub pg: String,
+    /// PEM certificate (the server's first, then its chain) for TLS on the Postgres
+    /// endpoint; with --pg-tls-key. Without it an SSLRequest is answered `N`.
+    #[arg(
+        long,
+        env = "TARN_PG_TLS_CERT",
+        value_name = "FILE",
+        requires = "pg_tls_key"
+    )]
+    pub pg_tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --pg-tls-cert.
+    #[arg(
+        long,
+        env = "TARN_PG_TLS_KEY",
+        value_name = "FILE",
+        requires = "pg_tls_cert"
+    )]
+    pub pg_tls_key: Option<PathBuf>,
     /// A dashboard document to load at start (JSON, or YAML when the file ends in `.yaml`
     /// or `.yml`), replacing one of the same name; may be given more than once.
     #[arg(long = "dashboard", value_name = "FILE")]
@@ -174,6 +192,13 @@ pub type OnReady = Box<dyn FnOnce(tarn_server::AppState, SocketAddr) + Send>;
 /// Opens the data directory, serves until SIGINT or SIGTERM, then stops cleanly.
 /// `on_ready` runs once the server accepts requests.
 pub async fn serve(args: ServeArgs, on_ready: Option<OnReady>) -> anyhow::Result<()> {
+    // A bad certificate or key stops the server before anything starts.
+    let pg_tls = match (&args.pg_tls_cert, &args.pg_tls_key) {
+        (Some(cert), Some(key)) if args.pg != "off" => {
+            Some(tarn_server::pg::PgTls::load(cert, key).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
     let policy = args.policy();
     let data_dir = args.data_dir.clone();
     let storage = tokio::task::spawn_blocking(move || Storage::open(&data_dir, policy))
@@ -218,9 +243,10 @@ pub async fn serve(args: ServeArgs, on_ready: Option<OnReady>) -> anyhow::Result
             format!("binding the Postgres endpoint on {pg_addr} (choose another with --pg ADDR, or --pg off)")
         })?;
         let local = pg_listener.local_addr()?;
-        tracing::info!("tarn Postgres endpoint on {local}");
+        let tls = if pg_tls.is_some() { " (TLS)" } else { "" };
+        tracing::info!("tarn Postgres endpoint on {local}{tls}");
         println!("tarn pg listening on {local}");
-        tokio::spawn(tarn_server::pg::serve(pg_listener, state.clone()));
+        tokio::spawn(tarn_server::pg::serve(pg_listener, state.clone(), pg_tls));
     }
     if let Some(f) = on_ready {
         f(state.clone(), addr);

@@ -5,14 +5,120 @@ reflection (tables, columns and their types, no keys or indexes), and a wrong pa
 refused.
 Results are checked against tarn's own SQL over HTTP.
 
+With --secure, on a server with a TLS certificate: TLS (ssl_in_use), SCRAM-SHA-256 with
+and without channel binding (libpq's require_auth and channel_binding), wrong keys refused,
+and cancel requests (cancel_safe from another thread) stopping a slow query on the extended
+and the simple protocol, over TLS and without, the connection staying usable.
+
 Usage: pg_clients.py HOST PORT API_KEY TARN_URL
+       pg_clients.py --secure HOST PORT KEY_NAME API_KEY
 """
 import datetime
 import json
+import os
+import select
 import sys
+import threading
+import time
 
 import psycopg
 from tarnref import Checks, tarn_sql_for
+
+# A query that runs for minutes unless cancelled: an aggregate over 10^11 generated rows.
+# (Not a nested-loop join: DataFusion 55 joins a whole probe batch against the build side
+# in one poll, so an aborted join stops only seconds later.)
+SLOW = "SELECT sum(value % 7) AS n FROM generate_series(1, 100000000000)"
+
+
+def watchdog(secs):
+    """Fails the script loudly if it hangs (a cancel that never arrives)."""
+    def fire():
+        sys.stderr.write("pg_clients.py: still running after %d s\n" % secs)
+        sys.stderr.flush()
+        os._exit(3)
+    t = threading.Timer(secs, fire)
+    t.daemon = True
+    t.start()
+
+
+def simple_query(pgconn, sql):
+    """Runs `sql` on the simple query protocol without holding the GIL while waiting;
+    returns the last result."""
+    pgconn.send_query(sql.encode())
+    while True:
+        pgconn.consume_input()
+        if not pgconn.is_busy():
+            break
+        select.select([pgconn.socket], [], [], 1.0)
+    last = None
+    while (r := pgconn.get_result()) is not None:
+        last = r
+    return last
+
+
+def cancel_checks(conn, check, how):
+    """Cancels SLOW after a second from another thread, on both protocols."""
+    for protocol in ("extended", "simple"):
+        timer = threading.Timer(1.0, conn.cancel_safe)
+        start = time.monotonic()
+        timer.start()
+        try:
+            if protocol == "extended":
+                try:
+                    conn.execute(SLOW)
+                    check(False, "%s/%s: the slow query ended uncancelled" % (how, protocol))
+                except psycopg.errors.QueryCanceled as e:
+                    code, message = e.sqlstate, str(e)
+            else:
+                r = simple_query(conn.pgconn, SLOW)
+                code = (r.error_field(psycopg.pq.DiagnosticField.SQLSTATE) or b"").decode()
+                message = (r.error_message or b"").decode()
+        finally:
+            timer.cancel()
+            timer.join()
+        elapsed = time.monotonic() - start
+        check(code == "57014", "%s/%s: SQLSTATE %r %s" % (how, protocol, code, message))
+        check("canceling statement due to user request" in message,
+              "%s/%s: message %r" % (how, protocol, message))
+        check(1.0 <= elapsed < 6.0, "%s/%s: cancelled after %.1f s" % (how, protocol, elapsed))
+        row = conn.execute("SELECT 6 * 7 AS n").fetchone()
+        check(row == (42,), "%s/%s: usable after the cancel: %s" % (how, protocol, row))
+
+
+def secure(host, port, user, key):
+    checks = Checks()
+    check = checks.check
+    watchdog(240)
+    base = dict(host=host, port=port, dbname="tarn", connect_timeout=20, autocommit=True)
+    # TLS and SCRAM-SHA-256-PLUS: libpq accepts nothing less with these settings.
+    with psycopg.connect(**base, user=user, password=key, sslmode="require",
+                         require_auth="scram-sha-256", channel_binding="require") as conn:
+        check(conn.info.pgconn.ssl_in_use, "TLS in use")
+        check(conn.execute("SHOW ssl").fetchone()[0] == "on", "SHOW ssl")
+        check(conn.execute("SELECT %s::bigint + 1 AS n", (41,)).fetchone()[0] == 42,
+              "a parameterised query over TLS")
+        cancel_checks(conn, check, "TLS")
+    # SCRAM-SHA-256 in plain text.
+    with psycopg.connect(**base, user=user, password=key, sslmode="disable",
+                         require_auth="scram-sha-256") as conn:
+        check(not conn.info.pgconn.ssl_in_use, "no TLS with sslmode=disable")
+        cancel_checks(conn, check, "plain")
+    # A user name that names no key: a cleartext password, over TLS here.
+    with psycopg.connect(**base, user="tarn", password=key, sslmode="require",
+                         require_auth="password") as conn:
+        check(conn.info.pgconn.ssl_in_use, "cleartext password over TLS")
+    for who, sslmode in ((user, "require"), (user, "disable"), ("tarn", "require")):
+        try:
+            psycopg.connect(**base, user=who, password="tarn_wrong", sslmode=sslmode)
+            check(False, "a wrong key was accepted for %s (%s)" % (who, sslmode))
+        except psycopg.OperationalError as e:
+            check("password authentication failed" in str(e), "wrong key: %s" % e)
+    print(json.dumps({"checks": checks.count}))
+
+
+if sys.argv[1] == "--secure":
+    secure(*sys.argv[2:6])
+    sys.exit(0)
 
 host, port, key, server = sys.argv[1:5]
 dsn = f"host={host} port={port} user=tarn password={key} dbname=tarn"
