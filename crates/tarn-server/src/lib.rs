@@ -93,3 +93,21 @@ pub async fn serve(
     sources.stop_all();
     r
 }
+
+/// The accept queue of tarn's listeners. tokio's `TcpListener::bind` takes the standard
+/// library's 128, which a dashboard opened by 100 viewers at once (each with its page, its
+/// scripts and four event streams) overflows: the kernel drops the SYNs and the clients
+/// retry after a second. The kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` with [`LISTEN_BACKLOG`].
+pub fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}

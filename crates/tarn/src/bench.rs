@@ -464,7 +464,7 @@ except Exception as e:
 /// Loads through the HTTP API and measures freshness on the same server.
 async fn http_phase(dir: &Path, lines: &[&[u8]]) -> anyhow::Result<(f64, Vec<f64>)> {
     let storage = Storage::open(dir, SealPolicy::default())?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = tarn_server::bind_listener(([127, 0, 0, 1], 0).into())?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let state = tarn_server::AppState::new(storage.clone())?;

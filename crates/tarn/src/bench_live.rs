@@ -151,7 +151,7 @@ async fn round(
     std::fs::create_dir_all(dir)?;
     let storage = Storage::open(&dir.join("data"), SealPolicy::default())?;
     let state = tarn_server::AppState::new(storage.clone())?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = tarn_server::bind_listener(([127, 0, 0, 1], 0).into())?;
     let addr = listener.local_addr()?;
     let (down_tx, down_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(tarn_server::serve(listener, state.clone(), async move {

@@ -169,11 +169,13 @@ fn produce(bootstrap: &str, rate: u64, stop: &AtomicBool) -> anyhow::Result<()> 
         let batch: Vec<Vec<u8>> = (0..per_tick)
             .map(|_| serde_json::to_vec(&generator.tweet(now_ms)).expect("JSON values serialize"))
             .collect();
-        writer.send(&batch).map_err(anyhow::Error::msg)?;
+        // Queued, not flushed: waiting for the broker's acknowledgements on every tick
+        // would cap the rate below what is asked (librdkafka sends within its linger time).
+        writer.enqueue(&batch).map_err(anyhow::Error::msg)?;
         next += tick;
         if let Some(wait) = next.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
     }
-    Ok(())
+    writer.flush().map_err(anyhow::Error::msg)
 }

@@ -204,9 +204,8 @@ pub async fn serve(args: ServeArgs, on_ready: Option<OnReady>) -> anyhow::Result
     let storage = tokio::task::spawn_blocking(move || Storage::open(&data_dir, policy))
         .await?
         .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("binding {}", args.http))?;
+    let listener =
+        tarn_server::bind_listener(args.http).with_context(|| format!("binding {}", args.http))?;
     let addr = listener.local_addr()?;
     tracing::info!(data_dir = %storage.dir().display(), "tarn listening on http://{addr}");
     // A machine-readable line for scripts and tests that start tarn on port 0.
@@ -239,7 +238,7 @@ pub async fn serve(args: ServeArgs, on_ready: Option<OnReady>) -> anyhow::Result
             .pg
             .parse()
             .with_context(|| format!("--pg {} is not an address (or `off`)", args.pg))?;
-        let pg_listener = tokio::net::TcpListener::bind(pg_addr).await.with_context(|| {
+        let pg_listener = tarn_server::bind_listener(pg_addr).with_context(|| {
             format!("binding the Postgres endpoint on {pg_addr} (choose another with --pg ADDR, or --pg off)")
         })?;
         let local = pg_listener.local_addr()?;
