@@ -296,6 +296,9 @@ impl SourceSink {
     /// `checkpoints`, the positions just after them. Bad records go to the error log and
     /// are passed over: the checkpoints cover them too. Returns once durable; on an error
     /// nothing of the batch is stored and the caller retries from its old position.
+    ///
+    /// Parsing and preparing a batch take milliseconds of CPU, so they run on the blocking
+    /// pool: on the async workers they would hold up every request the server is serving.
     pub async fn write(
         &self,
         records: Vec<RawRecord>,
@@ -304,31 +307,8 @@ impl SourceSink {
         let now_micros = tarn_common::time::now_micros();
         let now_ms = now_micros / 1000;
         let total = records.len() as u64;
-        let mut bad = Vec::new();
-        let mut parsed: Vec<(Map<String, Value>, RawRecord)> = Vec::with_capacity(records.len());
-        for r in records {
-            let value = value_depth(&r.data)
-                .map_err(|e| format!("the record is not valid JSON: {}", e.message))
-                .and_then(|depth| parse_limited(&r.data, depth));
-            match value {
-                Ok(Value::Object(m)) => parsed.push((m, r)),
-                Ok(other) => bad.push(IngestError {
-                    at_ms: now_ms,
-                    source: self.label.clone(),
-                    position: r.position,
-                    message: format!(
-                        "a record must be a JSON object, not {}",
-                        tarn_storage::document::json_kind(&other)
-                    ),
-                }),
-                Err(message) => bad.push(IngestError {
-                    at_ms: now_ms,
-                    source: self.label.clone(),
-                    position: r.position,
-                    message,
-                }),
-            }
-        }
+        let label = self.label.clone();
+        let (parsed, mut bad) = blocking(move || parse_records(records, &label, now_ms)).await?;
         let mut ready: Vec<Ready> = Vec::new();
         match &self.transform {
             None => {
@@ -359,28 +339,11 @@ impl SourceSink {
                 }
             }
         }
-        let mut docs: Vec<(Document, Vec<u8>)> = Vec::with_capacity(ready.len());
-        for (body, raw, meta, position) in ready {
-            let ctx = IngestContext {
-                event_time_info: self.event_time_info.as_ref(),
-                now_micros,
-                meta: &meta,
-            };
-            let value = Value::Object(body);
-            let text = match raw {
-                Some(t) => t,
-                None => serde_json::to_vec(&value).expect("JSON values serialize"),
-            };
-            match prepare(value, &ctx) {
-                Ok(d) => docs.push((d, text)),
-                Err(message) => bad.push(IngestError {
-                    at_ms: now_ms,
-                    source: self.label.clone(),
-                    position,
-                    message,
-                }),
-            }
-        }
+        let (label, event_time_info) = (self.label.clone(), self.event_time_info.clone());
+        let (docs, unprepared) =
+            blocking(move || prepare_all(ready, event_time_info.as_ref(), &label, now_micros))
+                .await?;
+        bad.extend(unprepared);
         let bad_count = bad.len() as u64;
         self.collection.insert(docs, checkpoints).await?;
         // Counts first: whoever sees a bad record in the log sees it counted.
@@ -388,4 +351,77 @@ impl SourceSink {
         self.errors.record(bad);
         Ok(())
     }
+}
+
+/// Runs CPU-bound work of a batch on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> TarnResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| tarn_common::TarnError::internal(format!("an ingest task failed: {e}")))
+}
+
+/// The records that are JSON objects, each with its record; an error for each other one.
+fn parse_records(
+    records: Vec<RawRecord>,
+    label: &str,
+    now_ms: i64,
+) -> (Vec<(Map<String, Value>, RawRecord)>, Vec<IngestError>) {
+    let mut bad = Vec::new();
+    let mut parsed = Vec::with_capacity(records.len());
+    for r in records {
+        let value = value_depth(&r.data)
+            .map_err(|e| format!("the record is not valid JSON: {}", e.message))
+            .and_then(|depth| parse_limited(&r.data, depth));
+        let message = match value {
+            Ok(Value::Object(m)) => {
+                parsed.push((m, r));
+                continue;
+            }
+            Ok(other) => format!(
+                "a record must be a JSON object, not {}",
+                tarn_storage::document::json_kind(&other)
+            ),
+            Err(message) => message,
+        };
+        bad.push(IngestError {
+            at_ms: now_ms,
+            source: label.to_owned(),
+            position: r.position,
+            message,
+        });
+    }
+    (parsed, bad)
+}
+
+/// Documents ready to store (with their text), and an error for each body that is not.
+fn prepare_all(
+    ready: Vec<Ready>,
+    event_time_info: Option<&EventTimeInfo>,
+    label: &str,
+    now_micros: i64,
+) -> (Vec<(Document, Vec<u8>)>, Vec<IngestError>) {
+    let mut bad = Vec::new();
+    let mut docs = Vec::with_capacity(ready.len());
+    for (body, raw, meta, position) in ready {
+        let ctx = IngestContext {
+            event_time_info,
+            now_micros,
+            meta: &meta,
+        };
+        let value = Value::Object(body);
+        let text = match raw {
+            Some(t) => t,
+            None => serde_json::to_vec(&value).expect("JSON values serialize"),
+        };
+        match prepare(value, &ctx) {
+            Ok(d) => docs.push((d, text)),
+            Err(message) => bad.push(IngestError {
+                at_ms: now_micros / 1000,
+                source: label.to_owned(),
+                position,
+                message,
+            }),
+        }
+    }
+    (docs, bad)
 }

@@ -463,6 +463,7 @@ impl LiveHub {
                     Ok(out) => {
                         collections = out.collections.clone();
                         json!({
+                            "panel": key.1,
                             "results": out.results,
                             "column_fields": out.column_fields,
                             "warnings": out.warnings,
@@ -472,10 +473,13 @@ impl LiveHub {
                         })
                     }
                     Err(e) => {
-                        json!({"error": {"message": e.message, "line": e.line, "column": e.column},
+                        json!({"panel": key.1,
+                               "error": {"message": e.message, "line": e.line, "column": e.column},
                                      "ran_at_ms": chrono::Utc::now().timestamp_millis()})
                     }
                 };
+                tracing::debug!(dashboard = %key.0, panel = %key.1,
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "panel query ran");
                 last_version = Some(self.version(&collections));
                 let _ = tx.send(Some(Arc::new(payload.to_string())));
             }

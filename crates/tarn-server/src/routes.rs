@@ -102,6 +102,7 @@ pub fn router(state: AppState) -> Router {
                 .put(update_dashboard)
                 .delete(delete_dashboard),
         )
+        .route("/dashboards/{name}/live", get(dashboard_live))
         .route("/dashboards/{name}/panels/{panel}/live", get(panel_live))
         .route("/live/stats", get(live_stats))
         .route("/queries", post(run_query))
@@ -562,46 +563,88 @@ async fn delete_dashboard(
     Ok(Json(json!({"data": d})))
 }
 
-/// Server-sent events: the panel's latest result now, then each new one. Viewers of the
-/// same panel and parameters share one feed (see `LiveHub`).
-async fn panel_live(
-    State(st): State<AppState>,
-    Path((name, panel)): Path<(String, String)>,
-    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> ApiResult<impl IntoResponse> {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    let d = st.dashboards.get(&name)?;
-    let p = d.panel(&panel)?.clone();
-    let params: Vec<(String, String)> = d
-        .params
+/// The view's parameter values: those given in the query string, the defaults for the rest.
+fn view_params(
+    d: &crate::dashboards::Dashboard,
+    query: &std::collections::HashMap<String, String>,
+) -> Vec<(String, String)> {
+    d.params
         .iter()
         .map(|pa| {
-            (
-                pa.name.clone(),
-                query
-                    .get(&pa.name)
-                    .cloned()
-                    .unwrap_or_else(|| pa.default.clone()),
-            )
+            let value = query.get(&pa.name).unwrap_or(&pa.default);
+            (pa.name.clone(), value.clone())
         })
-        .collect();
-    let rx = st.live.subscribe(&d, &p, params);
-    // The latest result at once (when there is one), then each new one.
-    let stream = futures::stream::unfold((rx, true), |(mut rx, first)| async move {
+        .collect()
+}
+
+/// A feed's results as events: the latest at once (when there is one), then each new one.
+fn feed_events(
+    rx: tokio::sync::watch::Receiver<Option<std::sync::Arc<String>>>,
+) -> impl futures::Stream<Item = std::sync::Arc<String>> + Send + 'static {
+    futures::stream::unfold((rx, true), |(mut rx, first)| async move {
         if !first && rx.changed().await.is_err() {
             return None;
         }
         loop {
             let latest = rx.borrow_and_update().clone();
             if let Some(text) = latest {
-                let event = Event::default().data(text.as_str());
-                return Some((Ok::<_, std::convert::Infallible>(event), (rx, false)));
+                return Some((text, (rx, false)));
             }
             if rx.changed().await.is_err() {
                 return None;
             }
         }
+    })
+}
+
+/// Server-sent events for a whole view, on one connection: first a `dashboard` event (the
+/// document and the parameter values in force), then a `panel` event for each result of
+/// each panel (its `panel` field names it). A browser keeps at most six HTTP/1.1
+/// connections per server, so one stream per view instead of one per panel lets several
+/// tabs watch at once; and the page needs no request before it. Viewers share the panels'
+/// feeds as with [`panel_live`].
+async fn dashboard_live(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<impl IntoResponse> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    let d = st.dashboards.get(&name)?;
+    let params = view_params(&d, &query);
+    let head = json!({
+        "dashboard": d,
+        "params": params
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect::<Map<String, Value>>(),
     });
+    let head = Event::default().event("dashboard").data(head.to_string());
+    let panels = d.panels.iter().map(|p| {
+        feed_events(st.live.subscribe(&d, p, params.clone()))
+            .map(|text| Event::default().event("panel").data(text.as_str()))
+            .boxed()
+    });
+    let stream = futures::stream::once(async move { head })
+        .chain(futures::stream::select_all(panels))
+        .map(Ok::<_, std::convert::Infallible>);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Server-sent events of one panel: its latest result now, then each new one. Viewers of
+/// the same panel and parameters share one feed (see `LiveHub`).
+async fn panel_live(
+    State(st): State<AppState>,
+    Path((name, panel)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<impl IntoResponse> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    let d = st.dashboards.get(&name)?;
+    let p = d.panel(&panel)?.clone();
+    let rx = st.live.subscribe(&d, &p, view_params(&d, &query));
+    let stream = feed_events(rx)
+        .map(|text| Ok::<_, std::convert::Infallible>(Event::default().data(text.as_str())));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

@@ -1,9 +1,27 @@
 //! The web UI: static assets compiled into the binary (no CDN, works offline), served under
 //! `/ui/`. The pages are in `ui/`; the charting library is uPlot, vendored from npm by
-//! `scripts/vendor-ui`.
+//! `scripts/vendor-ui`. The page loads one style sheet and one script, each joined from
+//! those files at compile time.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+
+/// The page's style sheets as one file (uPlot's, then ours): a page load costs the browser
+/// three requests (page, styles, script) rather than five.
+const STYLES: &str = concat!(
+    include_str!("../ui/vendor/uPlot.min.css"),
+    "\n",
+    include_str!("../ui/app.css")
+);
+
+/// The page's scripts as one file: uPlot (it defines the global `uPlot`), then `app.js` in a
+/// function of its own so that its `"use strict"` still opens its body.
+const SCRIPT: &str = concat!(
+    include_str!("../ui/vendor/uPlot.iife.min.js"),
+    "\n;(function () {\n",
+    include_str!("../ui/app.js"),
+    "\n})();\n"
+);
 
 const ASSETS: &[(&str, &str, &[u8])] = &[
     (
@@ -12,25 +30,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../ui/index.html"),
     ),
     (
-        "app.js",
+        "tarn.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../ui/app.js"),
+        SCRIPT.as_bytes(),
     ),
-    (
-        "app.css",
-        "text/css; charset=utf-8",
-        include_bytes!("../ui/app.css"),
-    ),
-    (
-        "vendor/uPlot.iife.min.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../ui/vendor/uPlot.iife.min.js"),
-    ),
-    (
-        "vendor/uPlot.min.css",
-        "text/css; charset=utf-8",
-        include_bytes!("../ui/vendor/uPlot.min.css"),
-    ),
+    ("tarn.css", "text/css; charset=utf-8", STYLES.as_bytes()),
 ];
 
 pub async fn root() -> Redirect {

@@ -167,25 +167,11 @@ function renderPanelBody(state, payload) {
   body.dataset.rows = String(rows.length);
 }
 
-function openPanel(dashboard, panel, params) {
+function panelView(panel) {
   const meta = h("div", { class: "meta" }, "connecting…");
   const body = h("div", { class: "body", "data-rows": "0" });
   const el = h("section", { class: "panel", id: "panel-" + panel.id, "data-viz": panel.viz }, h("h2", {}, panel.title), meta, body);
-  const state = { panel, body, meta, chart: null, last: null };
-  const qp = new URLSearchParams(params);
-  if (apiKey()) qp.set("apikey", apiKey());
-  const query = qp.toString();
-  const es = new EventSource(API + "/dashboards/" + encodeURIComponent(dashboard.name) + "/panels/" + encodeURIComponent(panel.id) + "/live" + (query ? "?" + query : ""));
-  es.onmessage = (ev) => {
-    const payload = JSON.parse(ev.data);
-    state.last = payload;
-    renderPanelBody(state, payload);
-    updateMeta(state);
-  };
-  es.onerror = () => { meta.textContent = "reconnecting…"; };
-  const timer = setInterval(() => updateMeta(state), 500);
-  cleanup.push(() => { es.close(); clearInterval(timer); if (state.chart) state.chart.destroy(); });
-  return el;
+  return { panel, el, body, meta, chart: null, last: null };
 }
 
 function updateMeta(state) {
@@ -196,10 +182,7 @@ function updateMeta(state) {
   state.meta.dataset.latency = String(p.elapsed_ms);
 }
 
-async function showDashboard(name, query) {
-  const d = (await api("GET", "/dashboards/" + encodeURIComponent(name))).data;
-  const params = {};
-  for (const p of d.params) params[p.name] = query.get(p.name) || p.default;
+function renderDashboard(d, params) {
   const controls = d.params.map((p) => {
     const input = h("input", { id: "param-" + p.name, value: params[p.name] });
     const go = () => { location.hash = "#/d/" + d.name + "?" + p.name + "=" + encodeURIComponent(input.value.replace(/^#/, "")); };
@@ -207,11 +190,58 @@ async function showDashboard(name, query) {
     return h("span", {}, h("label", { for: "param-" + p.name }, p.name + " "), input, " ", h("button", { onclick: go }, "Show"));
   });
   const title = d.title + (d.params.length ? " — " + d.params.map((p) => "#" + params[p.name]).join(" ") : "");
+  const panels = new Map(d.panels.map((p) => [p.id, panelView(p)]));
   main.replaceChildren(
     h("h1", {}, title),
     h("div", { class: "params" }, controls, d.name !== "tweets" ? h("a", { href: "#/d/tweets" }, "← Tweets view") : null),
-    h("div", { class: "grid" }, d.panels.map((p) => openPanel(d, p, params))),
+    h("div", { class: "grid" }, [...panels.values()].map((s) => s.el)),
   );
+  return panels;
+}
+
+// One event stream per view (the browser allows six connections per server, so one per
+// panel would starve other tabs): a `dashboard` event with the document and the parameter
+// values, then a `panel` event for each result.
+function showDashboard(name, query) {
+  const qp = new URLSearchParams(query);
+  if (apiKey()) qp.set("apikey", apiKey());
+  const qs = qp.toString();
+  const es = new EventSource(API + "/dashboards/" + encodeURIComponent(name) + "/live" + (qs ? "?" + qs : ""));
+  let panels = null;
+  let left = false;
+  es.addEventListener("dashboard", (ev) => {
+    // A reconnect sends the document again: keep the panels already drawn.
+    if (panels) return;
+    const { dashboard, params } = JSON.parse(ev.data);
+    panels = renderDashboard(dashboard, params);
+  });
+  es.addEventListener("panel", (ev) => {
+    const payload = JSON.parse(ev.data);
+    const state = panels && panels.get(payload.panel);
+    if (!state) return;
+    state.last = payload;
+    renderPanelBody(state, payload);
+    updateMeta(state);
+  });
+  es.onerror = async () => {
+    if (panels) {
+      panels.forEach((s) => { s.meta.textContent = "reconnecting…"; });
+      return;
+    }
+    // Refused before it began (an unknown dashboard, a missing key): the document's own
+    // endpoint says why.
+    es.close();
+    try {
+      await api("GET", "/dashboards/" + encodeURIComponent(name));
+      if (!left) main.replaceChildren(h("div", { class: "error" }, "the live feed of dashboard " + name + " could not be opened"));
+    } catch (e) {
+      if (left) return;
+      if (e.status === 401) askForKey(e.message);
+      else main.replaceChildren(h("div", { class: "error" }, e.message));
+    }
+  };
+  const timer = setInterval(() => panels && panels.forEach(updateMeta), 500);
+  cleanup.push(() => { left = true; es.close(); clearInterval(timer); if (panels) panels.forEach((s) => s.chart && s.chart.destroy()); });
 }
 
 async function showDashboards() {

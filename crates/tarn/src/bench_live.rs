@@ -4,14 +4,15 @@
 //! ingest rate achieved and the events each viewer receives.
 //!
 //! Each viewer does what the browser does on page load, over its own TCP connections: it
-//! fetches `/ui/`, the scripts and style sheets the page names, the dashboard document, then
-//! opens every panel's server-sent event feed and reads it until the end. Viewers run on a
+//! fetches `/ui/` and the scripts and style sheets the page names, then opens the view's
+//! server-sent event stream (the dashboard document, then every panel's results) and reads
+//! it until the end. Viewers run on a
 //! runtime of their own (threads named `tarn-viewer`), so the CPU they use is read from
 //! their threads and left out of the server's share.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -121,6 +122,8 @@ struct Round {
     viewers: usize,
     /// Per viewer that got data in every panel: ms from its first request.
     first_data_ms: Vec<f64>,
+    /// Per viewer: ms from its first request to the page and its assets loaded.
+    page_ms: Vec<f64>,
     late_ms: Vec<f64>,
     /// Viewers whose page load or feed failed, with the first reason.
     failed: usize,
@@ -316,6 +319,13 @@ async fn measure(
     Ok(Round {
         viewers: n,
         first_data_ms: stats.iter().filter_map(|s| s.first_data_ms()).collect(),
+        page_ms: stats
+            .iter()
+            .filter_map(|s| match s.page_us.load(Ordering::Relaxed) {
+                0 => None,
+                us => Some(us as f64 / 1e3),
+            })
+            .collect(),
         late_ms,
         failed: stats.iter().filter(|s| s.first_data_ms().is_none()).count(),
         failure: failures.into_iter().next(),
@@ -366,6 +376,12 @@ fn print_row(r: &Round) {
         r.ingested_per_s,
         r.events_per_viewer_s,
     );
+    if !r.page_ms.is_empty() {
+        println!(
+            "         of which the page and its assets: p50/p99 {} ms",
+            pair(&r.page_ms, 0.99)
+        );
+    }
     if r.failed > 0 {
         println!(
             "         {} of {} viewers never had data in every panel: {}",
@@ -476,6 +492,9 @@ fn verdicts(rounds: &[Round], rate: u64) {
 struct ViewerStats {
     /// Microseconds from the page load's first request to data in every panel; 0 before.
     first_data_us: AtomicU64,
+    /// Microseconds from the first request to the page and its assets loaded (before the
+    /// live stream opens); 0 before.
+    page_us: AtomicU64,
     /// Events carrying results, all panels together.
     events: AtomicU64,
     /// Events carrying a query error.
@@ -507,12 +526,12 @@ async fn viewer(addr: SocketAddr, stats: Arc<ViewerStats>, stop: watch::Receiver
 }
 
 /// Loads the page as the browser does (the page, then its scripts and style sheets in
-/// parallel, then the dashboard document, as `app.js` does), then reads every panel's live
-/// feed on a connection of its own, as `EventSource` does.
+/// parallel), then reads the view's live stream as `app.js` does (one `EventSource`: the
+/// dashboard document, then each panel's results) until `stop`.
 async fn view(
     addr: SocketAddr,
     stats: &Arc<ViewerStats>,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut page = Conn::open(addr).await?;
@@ -524,76 +543,14 @@ async fn view(
     while let Some(r) = fetches.join_next().await {
         r??;
     }
-    let body = page
-        .get(&format!("{API}/dashboards/{DASHBOARD}"), "application/json")
-        .await?;
-    let d: Value = serde_json::from_slice(&body).context("the dashboard document")?;
-    let query: Vec<String> = d["data"]["params"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            format!(
-                "{}={}",
-                encode(p["name"].as_str().unwrap_or("")),
-                encode(p["default"].as_str().unwrap_or(""))
-            )
-        })
-        .collect();
-    let query = if query.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", query.join("&"))
-    };
-    let panels: Vec<String> = d["data"]["panels"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["id"].as_str().map(str::to_owned))
-        .collect();
-    anyhow::ensure!(!panels.is_empty(), "the dashboard has no panels");
-    let remaining = Arc::new(AtomicUsize::new(panels.len()));
-    let mut feeds = JoinSet::new();
-    for id in panels {
-        let path = format!(
-            "{API}/dashboards/{DASHBOARD}/panels/{}/live{query}",
-            encode(&id)
-        );
-        feeds.spawn(feed(
-            addr,
-            path,
-            t0,
-            stats.clone(),
-            remaining.clone(),
-            stop.clone(),
-        ));
-    }
-    while let Some(r) = feeds.join_next().await {
-        r??;
-    }
-    Ok(())
-}
+    stats
+        .page_us
+        .store(t0.elapsed().as_micros().max(1) as u64, Ordering::Relaxed);
 
-#[derive(serde::Deserialize)]
-struct Payload {
-    #[serde(default)]
-    results: Option<serde::de::IgnoredAny>,
-}
-
-/// Reads one panel's event stream until `stop`; the last panel to get data sets the
-/// viewer's time to first data.
-async fn feed(
-    addr: SocketAddr,
-    path: String,
-    t0: Instant,
-    stats: Arc<ViewerStats>,
-    remaining: Arc<AtomicUsize>,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let mut conn = Conn::open(addr).await?;
-    let head = conn.send(&path, "text/event-stream").await?;
+    let path = format!("{API}/dashboards/{DASHBOARD}/live");
+    let head = page.send(&path, "text/event-stream").await?;
     if head.status != 200 {
-        let body = conn.body(&head).await.unwrap_or_default();
+        let body = page.body(&head).await.unwrap_or_default();
         bail!(
             "GET {path}: {} {}",
             head.status,
@@ -602,37 +559,64 @@ async fn feed(
     }
     anyhow::ensure!(head.chunked, "GET {path}: not a chunked event stream");
     let mut events = EventReader {
-        conn,
+        conn: page,
         buf: Vec::new(),
         scanned: 0,
     };
-    let mut had_data = false;
+    // Panels without results yet; filled from the `dashboard` event.
+    let mut waiting: Option<std::collections::HashSet<String>> = None;
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        let data = tokio::select! {
-            d = events.next() => d?,
+        let event = tokio::select! {
+            e = events.next() => e?,
             _ = stop.changed() => return Ok(()),
         };
-        let Some(data) = data else {
-            bail!("GET {path}: the server ended the feed");
+        let Some((name, data)) = event else {
+            bail!("GET {path}: the server ended the stream");
         };
-        let payload: Payload =
-            serde_json::from_str(&data).with_context(|| format!("an event of {path}"))?;
-        if payload.results.is_none() {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        stats.events.fetch_add(1, Ordering::Relaxed);
-        if !had_data {
-            had_data = true;
-            if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                let us = t0.elapsed().as_micros().max(1) as u64;
-                stats.first_data_us.store(us, Ordering::Relaxed);
+        match name.as_str() {
+            "dashboard" => {
+                let v: Value = serde_json::from_str(&data).context("the dashboard event")?;
+                if waiting.is_none() {
+                    let panels: std::collections::HashSet<String> = v["dashboard"]["panels"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p["id"].as_str().map(str::to_owned))
+                        .collect();
+                    anyhow::ensure!(!panels.is_empty(), "the dashboard has no panels");
+                    waiting = Some(panels);
+                }
             }
+            "panel" => {
+                let payload: Payload =
+                    serde_json::from_str(&data).with_context(|| format!("an event of {path}"))?;
+                if payload.results.is_none() {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                stats.events.fetch_add(1, Ordering::Relaxed);
+                let Some(w) = waiting.as_mut() else {
+                    bail!("GET {path}: a panel event before the dashboard event");
+                };
+                if w.remove(&payload.panel) && w.is_empty() {
+                    let us = t0.elapsed().as_micros().max(1) as u64;
+                    stats.first_data_us.store(us, Ordering::Relaxed);
+                }
+            }
+            other => bail!("GET {path}: an event named {other:?}"),
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+struct Payload {
+    #[serde(default)]
+    panel: String,
+    #[serde(default)]
+    results: Option<serde::de::IgnoredAny>,
 }
 
 /// The `/ui/` scripts and style sheets a page names in `src` and `href` attributes.
@@ -650,19 +634,6 @@ fn asset_paths(html: &str) -> Vec<String> {
         }
     }
     out
-}
-
-/// Percent-encodes all but unreserved URL characters.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// The dashboard's feeds from `GET /live/stats`: (panel, viewers, query runs).
@@ -859,31 +830,17 @@ struct EventReader {
 }
 
 impl EventReader {
-    /// The data of the next event that has some (comments and keep-alives skipped); `None`
-    /// when the stream ends.
-    async fn next(&mut self) -> anyhow::Result<Option<String>> {
+    /// The name (`message` when unnamed) and data of the next event that has data
+    /// (comments and keep-alives skipped); `None` when the stream ends.
+    async fn next(&mut self) -> anyhow::Result<Option<(String, String)>> {
         loop {
             let from = self.scanned.saturating_sub(1);
             if let Some(i) = self.buf[from..].windows(2).position(|w| w == b"\n\n") {
                 let end = from + i + 2;
                 let event: Vec<u8> = self.buf.drain(..end).collect();
                 self.scanned = 0;
-                let text = String::from_utf8_lossy(&event);
-                let mut data: Option<String> = None;
-                for line in text.lines() {
-                    if let Some(d) = line.strip_prefix("data:") {
-                        let d = d.strip_prefix(' ').unwrap_or(d);
-                        match &mut data {
-                            Some(s) => {
-                                s.push('\n');
-                                s.push_str(d);
-                            }
-                            None => data = Some(d.to_owned()),
-                        }
-                    }
-                }
-                if data.is_some() {
-                    return Ok(data);
+                if let Some(parsed) = parse_event(&String::from_utf8_lossy(&event)) {
+                    return Ok(Some(parsed));
                 }
                 continue;
             }
@@ -894,6 +851,28 @@ impl EventReader {
             }
         }
     }
+}
+
+/// An event's name and data, from its lines; `None` when it has no data.
+fn parse_event(text: &str) -> Option<(String, String)> {
+    let mut name = "message".to_owned();
+    let mut data: Option<String> = None;
+    for line in text.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => name = value.to_owned(),
+            "data" => match &mut data {
+                Some(s) => {
+                    s.push('\n');
+                    s.push_str(value);
+                }
+                None => data = Some(value.to_owned()),
+            },
+            _ => {}
+        }
+    }
+    data.map(|d| (name, d))
 }
 
 #[cfg(test)]
@@ -908,9 +887,21 @@ mod tests {
     }
 
     #[test]
+    fn events_have_names_and_data() {
+        assert_eq!(
+            parse_event("event: panel\ndata: {\"a\":1}\n\n"),
+            Some(("panel".to_owned(), "{\"a\":1}".to_owned()))
+        );
+        assert_eq!(
+            parse_event("data:x\ndata: y\n"),
+            Some(("message".to_owned(), "x\ny".to_owned()))
+        );
+        assert_eq!(parse_event(": keep-alive\n\n"), None);
+    }
+
+    #[test]
     fn stat_lines_give_cpu_seconds() {
         let line = "42 (tarn viewer) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0";
         assert_eq!(stat_cpu(line), Some(("tarn viewer", 3.0)));
-        assert_eq!(encode("a b#"), "a%20b%23");
     }
 }

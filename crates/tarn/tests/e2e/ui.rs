@@ -1,5 +1,5 @@
-//! The web UI and live dashboards: the demo driven in headless Chromium, and viewers of one
-//! panel sharing one query feed.
+//! The web UI and live dashboards: the demo driven in headless Chromium, a view's live stream,
+//! and viewers of one panel sharing one query feed.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::Command;
@@ -61,6 +61,7 @@ fn demo_dashboard_console_and_form_in_chromium() {
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     println!("ui: {report}");
     assert!(report["console_count"].as_i64().unwrap() > 0);
+    assert_eq!(report["tabs"], 4, "{report}");
     assert!(report["schema_fields"].as_i64().unwrap() > 20, "{report}");
     let (st, _) = s.get("/v1/orgs/self/ws/commons/collections/made-in-the-ui");
     assert_eq!(st, 200, "the form created the collection");
@@ -94,6 +95,75 @@ fn open_viewer(url: &str) -> Box<dyn Read + Send> {
             return Box::new(reader);
         }
     }
+}
+
+/// Reads one server-sent event: (name, data as JSON).
+fn next_event(reader: &mut impl BufRead) -> (String, Value) {
+    let mut name = "message".to_owned();
+    let mut data: Option<String> = None;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
+        let l = line.trim_end();
+        if l.is_empty() {
+            if let Some(d) = data.take() {
+                return (name, serde_json::from_str(&d).unwrap());
+            }
+            name = "message".to_owned();
+        } else if let Some(n) = l.strip_prefix("event:") {
+            name = n.trim().to_owned();
+        } else if let Some(d) = l.strip_prefix("data:") {
+            data = Some(d.trim().to_owned());
+        }
+    }
+}
+
+#[test]
+fn a_view_streams_its_document_then_every_panel_on_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_command("demo", dir.path(), &["--rate", "200"]);
+    wait_for_tweets(&s);
+    let agent = crate::support::agent();
+    let resp = agent
+        .get(&s.url("/v1/orgs/self/dashboards/hashtag/live?hashtag=music"))
+        .call()
+        .expect("the view's stream answers");
+    assert_eq!(resp.status(), 200);
+    let mut reader = BufReader::new(resp.into_body().into_reader());
+    let (name, head) = next_event(&mut reader);
+    assert_eq!(name, "dashboard", "{head}");
+    assert_eq!(head["dashboard"]["name"], "hashtag", "{head}");
+    assert_eq!(head["params"]["hashtag"], "music", "{head}");
+    let mut waiting: std::collections::BTreeSet<String> = head["dashboard"]["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(waiting.len(), 3, "{head}");
+    while !waiting.is_empty() {
+        let (name, ev) = next_event(&mut reader);
+        assert_eq!(name, "panel", "{ev}");
+        assert!(ev["results"].is_array(), "{ev}");
+        waiting.remove(ev["panel"].as_str().unwrap());
+    }
+    // The view's panels run as feeds bound to its parameter, as the per-panel feeds do.
+    let (_, stats) = s.get("/v1/orgs/self/live/stats");
+    let feeds = stats["feeds"].as_array().unwrap();
+    assert_eq!(feeds.len(), 3, "{stats}");
+    for f in feeds {
+        assert_eq!(f["dashboard"], "hashtag", "{stats}");
+        assert_eq!(f["params"][0]["hashtag"], "music", "{stats}");
+        assert_eq!(f["viewers"], 1, "{stats}");
+    }
+    // An unknown view is refused before any event, with the reason.
+    let (st, body) = s.get("/v1/orgs/self/dashboards/no-such-view/live");
+    assert_eq!(st, 404, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("no-such-view"),
+        "{body}"
+    );
 }
 
 #[test]

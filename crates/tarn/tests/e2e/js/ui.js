@@ -20,7 +20,9 @@ function fail(msg) {
   });
   const out = {};
   try {
-    const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+    // One context: its tabs share the browser's connections to the server, as a user's do.
+    const context = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
+    const page = await context.newPage();
     page.on("pageerror", (e) => fail("page error: " + e.message));
     const rows = (sel) => page.$eval(sel, (el) => Number(el.dataset.rows || 0)).catch(() => 0);
 
@@ -64,6 +66,24 @@ function fail(msg) {
     out.hashtag = tag;
     out.influencers = await rows("#panel-influencers .body");
     await page.screenshot({ path: shots + "/hashtag-view.png", fullPage: true });
+
+    // More tabs of the same browser while this one stays open: Chromium keeps at most six
+    // HTTP/1.1 connections per server, so views must not hold a connection per panel.
+    const tabs = [];
+    for (const view of ["#/d/tweets", "#/d/hashtag?hashtag=" + encodeURIComponent(tag), "#/d/tweets"]) {
+      const tab = await context.newPage();
+      tab.on("pageerror", (e) => fail("page error in another tab: " + e.message));
+      await tab.goto(base + "/ui/" + view);
+      tabs.push(tab);
+    }
+    for (const [i, tab] of tabs.entries()) {
+      await tab.waitForFunction(() => {
+        const bodies = [...document.querySelectorAll(".panel .body")];
+        return bodies.length >= 3 && bodies.every((b) => Number(b.dataset.rows) > 0 || Number(b.dataset.points) > 0);
+      }, null, { timeout: 15000 }).catch(() => fail(`tab ${i + 2} of 4 did not fill every panel`));
+    }
+    out.tabs = tabs.length + 1;
+    for (const tab of tabs) await tab.close();
 
     // The console: a query with Ctrl+Enter, then an error shown at its line and column.
     await page.goto(base + "/ui/#/console");
