@@ -280,6 +280,9 @@ impl SourceStatus {
 /// A document to store: its body, its original text when unchanged, `_meta`, position.
 type Ready = (Map<String, Value>, Option<Vec<u8>>, Value, String);
 
+/// A record that parsed as a JSON object: the object and the record.
+type Parsed = (Map<String, Value>, RawRecord);
+
 /// Everything a source needs to store what it reads.
 pub struct SourceSink {
     pub collection: Arc<Collection>,
@@ -365,7 +368,7 @@ fn parse_records(
     records: Vec<RawRecord>,
     label: &str,
     now_ms: i64,
-) -> (Vec<(Map<String, Value>, RawRecord)>, Vec<IngestError>) {
+) -> (Vec<Parsed>, Vec<IngestError>) {
     let mut bad = Vec::new();
     let mut parsed = Vec::with_capacity(records.len());
     for r in records {
