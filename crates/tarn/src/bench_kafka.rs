@@ -47,6 +47,16 @@ async fn count(state: &tarn_server::AppState, name: &str) -> anyhow::Result<u64>
     Ok(out.results[0]["n"].as_u64().unwrap_or(0))
 }
 
+/// What librdkafka's mock broker keeps of a partition (`rdkafka_mock.c`: 5 MiB); it deletes
+/// older records. Topics get enough partitions that a whole round fits, so a consumer that
+/// falls behind is measured as late, not as records the broker threw away.
+const MOCK_PARTITION_BYTES: usize = 5 << 20;
+
+/// Partitions for `bytes` of messages: at least 4, with room to spare in each.
+fn partitions_for(bytes: usize) -> i32 {
+    (bytes / (MOCK_PARTITION_BYTES * 3 / 4) + 1).clamp(4, 512) as i32
+}
+
 pub async fn run(dir: &std::path::Path, rates: &[u64], secs: u64) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
@@ -66,8 +76,15 @@ pub async fn run(dir: &std::path::Path, rates: &[u64], secs: u64) -> anyhow::Res
         TweetGenerator::new(7, vec!["music".into(), "facebook".into(), "apple".into()]);
 
     for (round, &rate) in rates.iter().enumerate() {
+        let total = (rate * secs) as usize;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let tweets: Vec<Vec<u8>> = (0..total)
+            .map(|_| serde_json::to_vec(&generator.tweet(now_ms)).expect("JSON"))
+            .collect();
+        let bytes: usize = tweets.iter().map(Vec::len).sum();
         let topic = format!("steady-{round}");
-        cluster.create_topic(&topic, 4, 1)?;
+        let partitions = partitions_for(bytes);
+        cluster.create_topic(&topic, partitions, 1)?;
         let name = format!("steady{round}");
         let c = kafka_collection(&state, &name, &topic)?;
         // Warm up: the consumer group forms (librdkafka's mock waits 3 s for members) before
@@ -80,12 +97,6 @@ pub async fn run(dir: &std::path::Path, rates: &[u64], secs: u64) -> anyhow::Res
         while count(&state, &name).await? < 1 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let total = (rate * secs) as usize;
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let tweets: Vec<Vec<u8>> = (0..total)
-            .map(|_| serde_json::to_vec(&generator.tweet(now_ms)).expect("JSON"))
-            .collect();
-        let bytes: usize = tweets.iter().map(Vec::len).sum();
         // Send time of each message, in microseconds since `epoch`.
         let epoch = Instant::now();
         let sent_us: Arc<Vec<AtomicU64>> =
@@ -137,7 +148,7 @@ pub async fn run(dir: &std::path::Path, rates: &[u64], secs: u64) -> anyhow::Res
             continue;
         }
         println!(
-            "kafka at {rate} tweets/s ({mb_s:.1} MB/s offered): {seen} of {total} stored in {elapsed:.1} s; freshness (produced → counted by a query) p50 {:.1} ms, p99 {:.1} ms",
+            "kafka at {rate} tweets/s ({mb_s:.1} MB/s offered, {partitions} partitions): {seen} of {total} stored in {elapsed:.1} s; freshness (produced → counted by a query) p50 {:.1} ms, p99 {:.1} ms",
             percentile(&mut fresh_ms, 0.5),
             percentile(&mut fresh_ms, 0.99)
         );
@@ -146,12 +157,13 @@ pub async fn run(dir: &std::path::Path, rates: &[u64], secs: u64) -> anyhow::Res
 
     // The highest rate: a backlog already in the topic, drained by a new collection.
     let backlog = rates.iter().max().copied().unwrap_or(20_000) as usize * secs as usize;
-    cluster.create_topic("backlog", 4, 1)?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let tweets: Vec<Vec<u8>> = (0..backlog)
         .map(|_| serde_json::to_vec(&generator.tweet(now_ms)).expect("JSON"))
         .collect();
     let bytes: usize = tweets.iter().map(Vec::len).sum();
+    let partitions = partitions_for(bytes);
+    cluster.create_topic("backlog", partitions, 1)?;
     let w = KafkaWriter::connect(&format!("kafka://{bootstrap}/backlog"))
         .map_err(anyhow::Error::msg)?;
     for chunk in tweets.chunks(5_000) {
@@ -172,7 +184,7 @@ pub async fn run(dir: &std::path::Path, rates: &[u64], secs: u64) -> anyhow::Res
     let secs_taken = started.elapsed().as_secs_f64();
     let mbps = bytes as f64 / 1e6 / secs_taken;
     println!(
-        "kafka backlog of {backlog} tweets ({:.0} MB) drained in {secs_taken:.1} s: {:.0} tweets/s, {mbps:.1} MB/s ({:.1} MB/s per core over {cores} cores)",
+        "kafka backlog of {backlog} tweets ({:.0} MB, {partitions} partitions) drained in {secs_taken:.1} s: {:.0} tweets/s, {mbps:.1} MB/s ({:.1} MB/s per core over {cores} cores)",
         bytes as f64 / 1e6,
         backlog as f64 / secs_taken,
         mbps / cores
@@ -181,4 +193,17 @@ pub async fn run(dir: &std::path::Path, rates: &[u64], secs: u64) -> anyhow::Res
     storage.close();
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_hold_a_whole_round_in_the_mock_broker() {
+        assert_eq!(partitions_for(0), 4);
+        let bytes = 600_000_000;
+        let p = partitions_for(bytes) as usize;
+        assert!(p * MOCK_PARTITION_BYTES >= bytes * 4 / 3, "{p} partitions");
+    }
 }
