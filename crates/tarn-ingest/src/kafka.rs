@@ -3,9 +3,16 @@
 //!
 //! Checkpoints are `kafka/{topic}/{partition}` → the next offset to read. The positions
 //! tarn stored, not the group's committed offsets, decide where reading resumes: on every
-//! assignment the partitions start at the stored offsets, and a message below a stored
-//! offset is skipped. Offsets are committed to Kafka too, after they are durable in tarn,
+//! assignment the partitions start at the stored offsets (a partition without one at its
+//! beginning), and a message below a stored offset is skipped. Offsets are committed to Kafka too, after they are durable in tarn,
 //! so the group's lag shows in Kafka's own tools.
+//!
+//! LATEST is fixed once, durably, before the first message is read: the source stores the
+//! high watermark of every partition as its position, with a `kafka/{topic}/started` marker,
+//! in one log record. From then on a partition without a stored position (one added to the
+//! topic later) is read from its beginning. So a crash before the first message, or a
+//! restart after a quiet spell, loses none of the messages produced since the collection
+//! began reading: LATEST means "from when the source started", not "from each restart".
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,6 +45,73 @@ pub struct KafkaSpec {
 
 fn checkpoint_key(topic: &str, partition: i32) -> String {
     format!("kafka/{topic}/{partition}")
+}
+
+/// Present once a LATEST source has stored where it starts.
+fn started_key(topic: &str) -> String {
+    format!("kafka/{topic}/started")
+}
+
+/// Stores, in one log record, the high watermark of every partition of the topic as its
+/// position, and the marker that the start is fixed. A topic that does not exist yet gets
+/// only the marker: its partitions will be read from their beginning.
+async fn fix_latest_start(
+    sink: &Arc<SourceSink>,
+    config: &ClientConfig,
+    topic: &str,
+) -> Result<(), String> {
+    let probe: BaseConsumer = config
+        .create()
+        .map_err(|e| format!("cannot create a Kafka client to find the latest offsets: {e}"))?;
+    let t = topic.to_owned();
+    let highs = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>, String> {
+        let metadata = probe
+            .fetch_metadata(Some(&t), Duration::from_secs(10))
+            .map_err(|e| format!("cannot read the partitions of Kafka topic '{t}': {e}"))?;
+        let mut highs = Vec::new();
+        for m in metadata.topics().iter().filter(|m| m.name() == t) {
+            if m.error().is_some() {
+                // Not created yet: every message it will hold comes after this start.
+                continue;
+            }
+            for p in m.partitions() {
+                let (_, high) = probe
+                    .fetch_watermarks(&t, p.id(), Duration::from_secs(10))
+                    .map_err(|e| {
+                        format!(
+                            "cannot read the latest offset of partition {} of Kafka topic '{t}': {e}",
+                            p.id()
+                        )
+                    })?;
+                highs.push((p.id(), high));
+            }
+        }
+        Ok(highs)
+    })
+    .await
+    .map_err(|e| format!("finding the latest offsets failed: {e}"))??;
+    // Positions stored before the marker existed (an older tarn) stay where they are.
+    let stored = stored_positions(&sink.collection.checkpoints(), topic);
+    let highs: Vec<(i32, i64)> = highs
+        .into_iter()
+        .filter(|(p, _)| !stored.contains_key(p))
+        .collect();
+    let mut checkpoints: Vec<(String, String)> = highs
+        .iter()
+        .map(|(p, high)| (checkpoint_key(topic, *p), high.to_string()))
+        .collect();
+    checkpoints.push((started_key(topic), "LATEST".to_owned()));
+    sink.collection
+        .insert(Vec::new(), checkpoints)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot store where Kafka topic '{topic}' starts: {}",
+                e.message
+            )
+        })?;
+    tracing::info!(%topic, partitions = ?highs, "LATEST source starts at these offsets");
+    Ok(())
 }
 
 /// Next offsets per partition of `topic`, as stored in the collection.
@@ -76,10 +150,14 @@ impl ConsumerContext for SourceContext {
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
                 for (topic, partition) in &assigned {
+                    // Without a stored position the partition is new to this source: all
+                    // of it is read, whatever offset the group committed (another member
+                    // of the group may have read it, into somewhere else).
+                    let start = positions
+                        .get(partition)
+                        .map_or(Offset::Beginning, |next| Offset::Offset(*next));
                     if *topic == self.topic
-                        && let Some(next) = positions.get(partition)
-                        && let Err(e) =
-                            tpl.set_partition_offset(topic, *partition, Offset::Offset(*next))
+                        && let Err(e) = tpl.set_partition_offset(topic, *partition, start)
                     {
                         tracing::error!(%topic, partition, error = %e, "cannot start the partition at its stored offset");
                     }
@@ -127,10 +205,6 @@ async fn consume(
         "the Kafka integration has no bootstrap_servers: set \"bootstrap_servers\": \"host:9092\" in its kafka settings".to_owned()
     })?;
     let topic = spec.topic.clone();
-    let positions = Arc::new(Mutex::new(stored_positions(
-        &sink.collection.checkpoints(),
-        &topic,
-    )));
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
@@ -141,16 +215,24 @@ async fn consume(
         // A fetch with nothing to return waits at most this long at the broker: this bounds
         // how stale an idle partition's next record can be (librdkafka's default is 500).
         .set("fetch.wait.max.ms", "10")
-        .set(
-            "auto.offset.reset",
-            match spec.start {
-                StartPosition::Earliest => "earliest",
-                StartPosition::Latest => "latest",
-            },
-        );
+        // A partition without a stored position is new to this source (LATEST stored every
+        // partition it started with), so all of it is read.
+        .set("auto.offset.reset", "earliest");
     for (k, v) in &settings.client_config {
         config.set(k, v);
     }
+    if spec.start == StartPosition::Latest
+        && !sink
+            .collection
+            .checkpoints()
+            .contains_key(&started_key(&topic))
+    {
+        fix_latest_start(sink, &config, &topic).await?;
+    }
+    let positions = Arc::new(Mutex::new(stored_positions(
+        &sink.collection.checkpoints(),
+        &topic,
+    )));
     let consumer: StreamConsumer<SourceContext> = config
         .create_with_context(SourceContext {
             topic: topic.clone(),
@@ -162,7 +244,22 @@ async fn consume(
         .map_err(|e| format!("cannot subscribe to Kafka topic '{topic}': {e}"))?;
     let consumer = Arc::new(consumer);
     sink.status.watching();
-    let mut last_lag = Instant::now();
+    // Reading the watermarks takes a broker round trip per partition: done beside the
+    // consuming loop, which it held up for 100 ms every time when it ran inside it.
+    let _lag = AbortOnDrop(tokio::spawn({
+        let (sink, consumer, topic, positions) = (
+            sink.clone(),
+            consumer.clone(),
+            topic.clone(),
+            positions.clone(),
+        );
+        async move {
+            loop {
+                tokio::time::sleep(LAG_EVERY).await;
+                update_lag(&sink, &consumer, &topic, &positions).await;
+            }
+        }
+    }));
     loop {
         let first = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await;
         let mut batch: Vec<(i32, i64, Option<Vec<u8>>)> = Vec::new();
@@ -187,11 +284,9 @@ async fn consume(
             }
         }
         if !batch.is_empty() {
+            let (records, collected) = (batch.len(), Instant::now());
             store_batch(sink, &consumer, &topic, &positions, batch).await?;
-        }
-        if last_lag.elapsed() >= LAG_EVERY {
-            last_lag = Instant::now();
-            update_lag(sink, &consumer, &topic, &positions).await;
+            tracing::debug!(%topic, records, store_ms = collected.elapsed().as_secs_f64() * 1e3, "batch stored");
         }
     }
 }
@@ -241,6 +336,15 @@ async fn store_batch(
         tracing::debug!(%topic, error = %e, "committing offsets to Kafka failed (tarn's own positions are durable)");
     }
     Ok(())
+}
+
+/// Stops a task when its owner is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Messages behind per assigned partition: high watermark minus the next offset.

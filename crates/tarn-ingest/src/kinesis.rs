@@ -5,6 +5,12 @@
 //! [`SHARD_END`] once a closed shard has been read to its end. A child shard is read only
 //! after its parents reached [`SHARD_END`] (or were trimmed from the stream), so records of
 //! one partition key stay in order across a split or a merge.
+//!
+//! LATEST is fixed once, durably: before its first read the source stores the time it
+//! starts (`kinesis/{stream}/@start`, milliseconds since the epoch), and every shard
+//! without a position is read from that time on (`AT_TIMESTAMP`). So a crash before a
+//! shard's first record, or a restart, loses none of the records that arrived since the
+//! collection began reading.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -88,6 +94,34 @@ fn checkpoint_key(stream: &str, shard: &str) -> String {
     format!("kinesis/{stream}/{shard}")
 }
 
+/// When a LATEST source started reading: shards without a position start there.
+fn start_key(stream: &str) -> String {
+    format!("kinesis/{stream}/@start")
+}
+
+/// The stored start of a LATEST source, or now, stored before it is used.
+async fn fix_latest_start(sink: &SourceSink, stream: &str) -> Result<i64, String> {
+    if let Some(ms) = sink
+        .collection
+        .checkpoints()
+        .get(&start_key(stream))
+        .and_then(|v| v.parse().ok())
+    {
+        return Ok(ms);
+    }
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    sink.collection
+        .insert(Vec::new(), vec![(start_key(stream), now_ms.to_string())])
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot store where Kinesis stream '{stream}' starts: {}",
+                e.message
+            )
+        })?;
+    Ok(now_ms)
+}
+
 /// An SDK error as one line, with the service's own message.
 fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, R>) -> String {
     format!("{}", DisplayErrorContext(e))
@@ -99,9 +133,22 @@ fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, 
 pub async fn run(sink: Arc<SourceSink>, settings: KinesisSettings, spec: KinesisSpec) {
     let client = client(&settings, spec.region.as_deref()).await;
     let stream = spec.stream_name.clone();
+    let mut backoff = Duration::from_millis(200);
+    let latest_from = loop {
+        if spec.start == StartPosition::Earliest {
+            break None;
+        }
+        match fix_latest_start(&sink, &stream).await {
+            Ok(ms) => break Some(ms),
+            Err(message) => {
+                sink.status.error(message);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    };
     let mut readers: JoinSet<(String, bool)> = JoinSet::new();
     let mut running: HashSet<String> = HashSet::new();
-    let mut backoff = Duration::from_millis(200);
     loop {
         let shards = match list_shards(&client, &stream).await {
             Ok(s) => {
@@ -144,8 +191,10 @@ pub async fn run(sink: Arc<SourceSink>, settings: KinesisSettings, spec: Kinesis
                 Some(seq) => ShardStart::After(seq.clone()),
                 // A child of a shard we read continues where the parent ended.
                 None if has_parent => ShardStart::Earliest,
-                None if spec.start == StartPosition::Earliest => ShardStart::Earliest,
-                None => ShardStart::Latest,
+                None => match latest_from {
+                    Some(ms) => ShardStart::AtMillis(ms),
+                    None => ShardStart::Earliest,
+                },
             };
             running.insert(id.clone());
             readers.spawn(read_shard(
@@ -207,7 +256,8 @@ async fn list_shards(client: &Client, stream: &str) -> Result<Vec<Shard>, String
 #[derive(Clone)]
 enum ShardStart {
     Earliest,
-    Latest,
+    /// Records that arrived at or after this time (milliseconds since the epoch).
+    AtMillis(i64),
     After(String),
 }
 
@@ -223,7 +273,9 @@ async fn shard_iterator(
         .shard_id(shard);
     let req = match start {
         ShardStart::Earliest => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
-        ShardStart::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+        ShardStart::AtMillis(ms) => req
+            .shard_iterator_type(ShardIteratorType::AtTimestamp)
+            .timestamp(aws_sdk_kinesis::primitives::DateTime::from_millis(*ms)),
         ShardStart::After(seq) => req
             .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
             .starting_sequence_number(seq),
@@ -361,5 +413,6 @@ pub fn positions(checkpoints: &BTreeMap<String, String>, stream: &str) -> BTreeM
     checkpoints
         .iter()
         .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|s| (s.to_owned(), v.clone())))
+        .filter(|(shard, _)| !shard.starts_with('@'))
         .collect()
 }

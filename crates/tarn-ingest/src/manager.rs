@@ -150,12 +150,21 @@ impl SourceManager {
                     .ok_or_else(|| {
                         TarnError::invalid(format!("sources[{i}].kafka needs a kafka_topic_name"))
                     })?;
+                let group_id = match k.get("consumer_group_id") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(g)) if !g.trim().is_empty() => g.clone(),
+                    Some(other) => {
+                        return Err(TarnError::invalid(format!(
+                            "sources[{i}].kafka.consumer_group_id must be a non-empty string, not {other}; leave it out and tarn names a group for the collection"
+                        )));
+                    }
+                };
                 specs.push(SourceSpec::Kafka {
                     integration,
                     spec: KafkaSpec {
                         topic,
                         start: start_position(k)?,
-                        group_id: String::new(),
+                        group_id,
                     },
                 });
             } else {
@@ -263,7 +272,9 @@ impl SourceManager {
                                     "integration '{integration}' is not kafka"
                                 ))
                             })?;
-                    spec.group_id = format!("tarn-{}-{i}", info.uuid);
+                    if spec.group_id.is_empty() {
+                        spec.group_id = default_group_id(info, i);
+                    }
                     tokio::spawn(kafka::run(sink, settings, spec))
                 }
             };
@@ -304,6 +315,12 @@ impl SourceManager {
             .into_iter()
             .enumerate()
             .map(|(i, mut s)| {
+                // The group tarn consumes in, so the group's lag shows in Kafka's own tools.
+                if let Some(Value::Object(k)) = s.get_mut("kafka")
+                    && !k.get("consumer_group_id").is_some_and(Value::is_string)
+                {
+                    k.insert("consumer_group_id".into(), json!(default_group_id(info, i)));
+                }
                 if let Some(status) = statuses.and_then(|st| st.get(i)) {
                     s["status"] = status.to_json();
                 }
@@ -321,6 +338,12 @@ impl SourceManager {
             .map(|r| r.statuses.iter().map(|s| s.records_processed()).sum())
             .unwrap_or(0)
     }
+}
+
+/// The Kafka consumer group of the `index`th source of a collection, unless the request
+/// named one (`consumer_group_id`).
+fn default_group_id(info: &CollectionInfo, index: usize) -> String {
+    format!("tarn-{}-{index}", info.uuid)
 }
 
 /// Rewrites Rockset 2.x's flat source form (`{"integration_name", "stream_name", ...}` from

@@ -202,6 +202,11 @@ pub struct KafkaWriter {
 impl KafkaWriter {
     /// `kafka://BROKER[,BROKER...]/TOPIC`.
     pub fn connect(url: &str) -> Result<KafkaWriter, String> {
+        Self::connect_with(url, &[])
+    }
+
+    /// [`KafkaWriter::connect`] with librdkafka producer settings on top of tarn's.
+    pub fn connect_with(url: &str, settings: &[(&str, &str)]) -> Result<KafkaWriter, String> {
         let rest = url
             .strip_prefix("kafka://")
             .ok_or_else(|| format!("a Kafka sink starts with kafka://, not {url}"))?;
@@ -209,9 +214,14 @@ impl KafkaWriter {
             .split_once('/')
             .filter(|(b, t)| !b.is_empty() && !t.is_empty())
             .ok_or_else(|| format!("the Kafka sink is kafka://BROKERS/TOPIC, not {url}"))?;
-        let producer: BaseProducer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", brokers)
-            .set("linger.ms", "5")
+            .set("linger.ms", "5");
+        for (k, v) in settings {
+            config.set(*k, *v);
+        }
+        let producer: BaseProducer = config
             .create()
             .map_err(|e| format!("cannot create a Kafka producer for {brokers}: {e}"))?;
         Ok(KafkaWriter {

@@ -30,7 +30,7 @@ use tarn_common::{TarnError, TarnResult};
 use tokio::sync::oneshot;
 
 use crate::adapt::{adapt_batch, arrow_error};
-use crate::build::documents_to_batch_refs;
+use crate::build::documents_to_batch_parallel;
 use crate::document::{Document, EventTimeInfo};
 use crate::segment::{DeleteBitmap, Segment, SegmentStats, decode_ipc, encode_ipc};
 use crate::types::{self, ID};
@@ -288,7 +288,7 @@ pub fn prepare_write(
     checkpoints: &[(String, String)],
 ) -> PreparedWrite {
     let refs: Vec<&Document> = docs.iter().map(|(d, _)| d).collect();
-    let batch = documents_to_batch_refs(&refs);
+    let batch = documents_to_batch_parallel(&refs);
     let ids = refs.iter().map(|d| d.id.clone()).collect();
     let logged: Vec<LoggedDoc> = docs
         .into_iter()
@@ -443,6 +443,7 @@ impl Collection {
                         let docs = logged_to_documents(docs)?;
                         let write = prepare_write(docs, &[]);
                         writer.apply_insert(write, &checkpoints);
+                        writer.merge_runs();
                     }
                     WalRecord::Delete { ids } => {
                         writer.apply_delete(&ids);
@@ -658,6 +659,7 @@ impl Writer {
     }
 
     fn handle_group(&mut self, group: Vec<WriterMsg>) {
+        let started = Instant::now();
         let framed: Vec<&[u8]> = group
             .iter()
             .filter_map(|m| match m {
@@ -685,6 +687,7 @@ impl Writer {
                 return;
             }
         }
+        let logged = Instant::now();
         for m in group {
             match m {
                 WriterMsg::Insert {
@@ -705,12 +708,24 @@ impl Writer {
                 }
             }
         }
+        // After the replies: the writes are durable and visible already, and merging runs
+        // copies megabytes that no writer should wait for.
+        let applied = Instant::now();
+        self.merge_runs();
+        let merged = Instant::now();
         let (rows, bytes) = self.mutable_size();
         if (rows >= self.policy.max_rows || bytes >= self.policy.max_bytes)
             && let Err(e) = self.seal()
         {
             tracing::error!(collection = %self.dir.display(), error = %e, "sealing failed");
         }
+        tracing::debug!(
+            logged_ms = (logged - started).as_secs_f64() * 1e3,
+            applied_ms = (applied - logged).as_secs_f64() * 1e3,
+            merged_ms = (merged - applied).as_secs_f64() * 1e3,
+            sealed_ms = merged.elapsed().as_secs_f64() * 1e3,
+            "write group"
+        );
     }
 
     fn sealer_barrier(&self) -> TarnResult<()> {
@@ -795,7 +810,6 @@ impl Writer {
         }
         self.mutable.push(seg_id);
         self.mutable_since.get_or_insert_with(Instant::now);
-        self.merge_runs();
         statuses
     }
 

@@ -32,7 +32,7 @@ pub struct BenchArgs {
     /// `--kafka-rates` tweets/s, then drain a backlog at full speed.
     #[arg(long)]
     pub kafka: bool,
-    #[arg(long, value_delimiter = ',', default_value = "5000,20000")]
+    #[arg(long, value_delimiter = ',', default_value = "5000,6700,20000")]
     pub kafka_rates: Vec<u64>,
     /// Seconds of producing at each rate.
     #[arg(long, default_value_t = 10)]

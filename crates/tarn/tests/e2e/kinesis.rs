@@ -5,11 +5,11 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tarn_ingest::producer::KinesisWriter;
 
 use crate::peers::{Kinesalite, run_python};
-use crate::support::TestServer;
+use crate::support::{TestServer, wait_for_count, wait_for_state};
 use crate::tutorial::{check_six_queries, generated_tweets};
 
 fn create_integration(s: &TestServer, endpoint: &str) {
@@ -21,52 +21,6 @@ fn create_integration(s: &TestServer, endpoint: &str) {
     );
     assert_eq!(st, 200, "{body}");
     assert!(!body.to_string().contains("tarn-secret-key"), "{body}");
-}
-
-/// Polls `sql`'s first value until it equals `want` (or fails after `secs`).
-fn wait_for_count(s: &TestServer, sql: &str, want: i64, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut last = Value::Null;
-    while Instant::now() < deadline {
-        let rows = s.query(sql);
-        last = rows[0]
-            .as_object()
-            .unwrap()
-            .values()
-            .next()
-            .unwrap()
-            .clone();
-        if last.as_i64() == Some(want) {
-            return;
-        }
-        assert!(
-            last.as_i64().is_some_and(|n| n < want),
-            "{sql} gave {last}, more than {want}: records were stored twice"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{sql} gave {last}, not {want}, after {secs} s");
-}
-
-fn source_status(s: &TestServer, coll: &str) -> Value {
-    let (st, body) = s.get(&format!("/v1/orgs/self/ws/commons/collections/{coll}"));
-    assert_eq!(st, 200, "{body}");
-    body["data"]["sources"][0]["status"].clone()
-}
-
-fn wait_for_state(s: &TestServer, coll: &str, state: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = source_status(s, coll);
-        if status["state"] == state {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "source never reached {state}: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -250,4 +204,48 @@ impl Drop for Guard {
 }
 fn scopeguard(c: std::process::Child) -> Guard {
     Guard(c)
+}
+
+/// Runs `tarn produce tweets` into a kinesalite stream and waits for it to finish.
+fn produce_tweets(endpoint: &str, stream: &str, count: usize, seed: u64) {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args(["produce", "tweets"])
+        .arg(format!("kinesis://{stream}?endpoint={endpoint}&shards=2"))
+        .args(["--count", &count.to_string(), "--seed", &seed.to_string()])
+        .args(["--rate", "1000"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "the producer failed");
+}
+
+/// LATEST starts when the source starts, once: a crash before a shard's first record, and
+/// records put while tarn is down, lose nothing; records from before it began are not read.
+#[test]
+fn kinesis_latest_keeps_its_start_across_kill_9_before_the_first_record() {
+    let kinesis = Kinesalite::start();
+    produce_tweets(&kinesis.endpoint, "late-stream", 40, 11);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(dir.path(), &[]);
+    create_integration(&s, &kinesis.endpoint);
+    s.create_collection(
+        "commons",
+        json!({"name": "late", "sources": [{"integration_name": "aws-integration",
+               "kinesis": {"stream_name": "late-stream", "offset_reset_policy": "LATEST"}}]}),
+    );
+    wait_for_state(&s, "late", "WATCHING");
+    s.kill9();
+    // Kinesis arrival times have millisecond resolution: the next records are later.
+    std::thread::sleep(Duration::from_millis(20));
+    produce_tweets(&kinesis.endpoint, "late-stream", 120, 12);
+
+    let s = TestServer::start(dir.path(), &[]);
+    wait_for_count(&s, "SELECT COUNT(*) FROM late", 120, 60);
+    // And no more arrive: the 40 from before the start are not read.
+    std::thread::sleep(Duration::from_secs(1));
+    let rows = s.query("SELECT COUNT(*) AS c, COUNT(DISTINCT id_str) AS n FROM late");
+    assert_eq!(
+        (&rows[0]["c"], &rows[0]["n"]),
+        (&json!(120), &json!(120)),
+        "{rows:?}"
+    );
 }

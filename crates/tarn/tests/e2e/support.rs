@@ -49,7 +49,11 @@ impl TestServer {
             .arg(data_dir)
             .args(["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            // TARN_TEST_LOG=debug,librdkafka=debug shows what a failing server was doing.
+            .env(
+                "RUST_LOG",
+                std::env::var("TARN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -232,4 +236,50 @@ pub fn strip_generated(mut row: Value) -> Value {
     o.remove("_event_time");
     o.remove("_meta");
     row
+}
+
+/// Polls `sql`'s first value until it equals `want` (or fails after `secs`).
+pub fn wait_for_count(s: &TestServer, sql: &str, want: i64, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        let rows = s.query(sql);
+        last = rows[0]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .clone();
+        if last.as_i64() == Some(want) {
+            return;
+        }
+        assert!(
+            last.as_i64().is_some_and(|n| n < want),
+            "{sql} gave {last}, more than {want}: records were stored twice"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{sql} gave {last}, not {want}, after {secs} s");
+}
+
+pub fn source_status(s: &TestServer, coll: &str) -> Value {
+    let (st, body) = s.get(&format!("/v1/orgs/self/ws/commons/collections/{coll}"));
+    assert_eq!(st, 200, "{body}");
+    body["data"]["sources"][0]["status"].clone()
+}
+
+pub fn wait_for_state(s: &TestServer, coll: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = source_status(s, coll);
+        if status["state"] == state {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "source never reached {state}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
