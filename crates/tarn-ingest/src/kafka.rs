@@ -302,8 +302,11 @@ async fn store_batch(
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut records = Vec::with_capacity(batch.len());
     for (partition, offset, payload) in batch {
-        // Already stored (delivered again after a rebalance or a restart): skip.
-        if known.get(&partition).is_some_and(|n| offset < *n) {
+        // Already stored, or already in this batch: a rebalance while the batch was being
+        // gathered restarts the partition at its stored offset, and librdkafka delivers
+        // those messages again, possibly into this same batch.
+        let floor = next.get(&partition).or_else(|| known.get(&partition));
+        if floor.is_some_and(|n| offset < *n) {
             continue;
         }
         next.insert(partition, offset + 1);

@@ -116,9 +116,12 @@ fn kafka_topic_feeds_a_collection_exactly_once_across_kill_9() {
     assert_eq!(rows[0]["p"], 4, "all partitions were read");
 }
 
-/// Another consumer joins tarn's group, takes some partitions (reading and committing their
-/// offsets), and leaves. tarn's own positions decide where it resumes, so every message is
-/// in the collection exactly once: none skipped because the other member committed past it.
+/// The group `shared-group` (the collection's `consumer_group_id`) already committed offsets
+/// before tarn joined it; later another member joins, takes some partitions (reading and
+/// committing), and leaves. tarn's own positions decide where it reads (a partition it has
+/// none for from its beginning), so every message is in the collection exactly once: none
+/// skipped because another member committed past it, none stored twice because a
+/// rebalance delivered it again while a batch was being gathered.
 #[test]
 fn a_second_group_member_takes_partitions_and_gives_them_back_without_loss() {
     let cluster = MockCluster::new(3).expect("the mock cluster starts");
@@ -126,21 +129,49 @@ fn a_second_group_member_takes_partitions_and_gives_them_back_without_loss() {
         .create_topic("shared", 6, 1)
         .expect("the topic is created");
     let bootstrap = cluster.bootstrap_servers();
-    let lines = recorded_tweets();
-    let want_ids = id_counts(&lines);
+    let lines_all = recorded_tweets();
+    let want_ids = id_counts(&lines_all);
+    let lines = lines_all[1000..].to_vec();
+    KafkaWriter::connect(&format!("kafka://{bootstrap}/shared"))
+        .unwrap()
+        .send(&lines_all[..1000])
+        .unwrap();
+    let early: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "shared-group")
+        .set("session.timeout.ms", "4000")
+        .set("heartbeat.interval.ms", "300")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "100")
+        .create()
+        .unwrap();
+    early.subscribe(&["shared"]).unwrap();
+    let (mut n, deadline) = (0, Instant::now() + Duration::from_secs(30));
+    while n < 300 && Instant::now() < deadline {
+        if let Some(Ok(_)) = early.poll(Duration::from_millis(100)) {
+            n += 1;
+        }
+    }
+    assert_eq!(n, 300, "the group committed offsets before tarn joined");
+    early
+        .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+    drop(early);
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path(), &[]);
     create_integration(&s, &bootstrap);
     s.create_collection(
         "commons",
         json!({"name": "shared", "sources": [{"integration_name": "kafka-integration",
-               "kafka": {"kafka_topic_name": "shared", "offset_reset_policy": "EARLIEST"}}]}),
+               "kafka": {"kafka_topic_name": "shared", "offset_reset_policy": "EARLIEST",
+                         "consumer_group_id": "shared-group"}}]}),
     );
     let (_, coll) = s.get("/v1/orgs/self/ws/commons/collections/shared");
-    let group = coll["data"]["sources"][0]["kafka"]["consumer_group_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("the source names its consumer group: {coll}"))
-        .to_owned();
+    assert_eq!(
+        coll["data"]["sources"][0]["kafka"]["consumer_group_id"], "shared-group",
+        "the source names its consumer group: {coll}"
+    );
     let url = format!("kafka://{bootstrap}/shared");
     let producer = std::thread::spawn(move || {
         let w = KafkaWriter::connect(&url).unwrap();
@@ -153,7 +184,7 @@ fn a_second_group_member_takes_partitions_and_gives_them_back_without_loss() {
 
     let other: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
-        .set("group.id", &group)
+        .set("group.id", "shared-group")
         .set("session.timeout.ms", "4000")
         .set("heartbeat.interval.ms", "300")
         .set("auto.offset.reset", "earliest")
