@@ -41,6 +41,38 @@ fn stored_id_counts(s: &TestServer, collection: &str) -> BTreeMap<String, usize>
     ids
 }
 
+/// librdkafka's mock cluster (three brokers, in this process) with one topic, and its
+/// bootstrap servers. The cluster stops when the first value is dropped.
+fn cluster_with_topic(
+    topic: &str,
+    partitions: i32,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+) {
+    let cluster = MockCluster::new(3).expect("the mock cluster starts");
+    cluster
+        .create_topic(topic, partitions, 1)
+        .expect("the topic is created");
+    let bootstrap = cluster.bootstrap_servers();
+    (cluster, bootstrap)
+}
+
+/// A consumer in `group` that commits what it reads every 100 ms, as other members of a
+/// group tarn consumes in would.
+fn group_member(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("session.timeout.ms", "4000")
+        .set("heartbeat.interval.ms", "300")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "100")
+        .create()
+        .unwrap()
+}
+
 /// A Kafka integration whose group drops a killed member within seconds. The session
 /// outlasts the mock's 3 s wait for a new group's first members: with a 1 s session the
 /// first member of a new group was dropped while it waited, and its join never returned.
@@ -57,11 +89,7 @@ fn create_integration(s: &TestServer, bootstrap: &str) {
 
 #[test]
 fn kafka_topic_feeds_a_collection_exactly_once_across_kill_9() {
-    let cluster = MockCluster::new(3).expect("the mock cluster starts");
-    cluster
-        .create_topic("tweets", 4, 1)
-        .expect("the topic is created");
-    let bootstrap = cluster.bootstrap_servers();
+    let (_cluster, bootstrap) = cluster_with_topic("tweets", 4);
     let lines = recorded_tweets();
     let want_ids = id_counts(&lines);
 
@@ -124,11 +152,7 @@ fn kafka_topic_feeds_a_collection_exactly_once_across_kill_9() {
 /// rebalance delivered it again while a batch was being gathered.
 #[test]
 fn a_second_group_member_takes_partitions_and_gives_them_back_without_loss() {
-    let cluster = MockCluster::new(3).expect("the mock cluster starts");
-    cluster
-        .create_topic("shared", 6, 1)
-        .expect("the topic is created");
-    let bootstrap = cluster.bootstrap_servers();
+    let (_cluster, bootstrap) = cluster_with_topic("shared", 6);
     let lines_all = recorded_tweets();
     let want_ids = id_counts(&lines_all);
     let lines = lines_all[1000..].to_vec();
@@ -136,16 +160,7 @@ fn a_second_group_member_takes_partitions_and_gives_them_back_without_loss() {
         .unwrap()
         .send(&lines_all[..1000])
         .unwrap();
-    let early: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", "shared-group")
-        .set("session.timeout.ms", "4000")
-        .set("heartbeat.interval.ms", "300")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "100")
-        .create()
-        .unwrap();
+    let early: BaseConsumer = group_member(&bootstrap, "shared-group");
     early.subscribe(&["shared"]).unwrap();
     let (mut n, deadline) = (0, Instant::now() + Duration::from_secs(30));
     while n < 300 && Instant::now() < deadline {
@@ -182,16 +197,7 @@ fn a_second_group_member_takes_partitions_and_gives_them_back_without_loss() {
     });
     wait_for_state(&s, "shared", "PROCESSING");
 
-    let other: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", "shared-group")
-        .set("session.timeout.ms", "4000")
-        .set("heartbeat.interval.ms", "300")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "100")
-        .create()
-        .unwrap();
+    let other: BaseConsumer = group_member(&bootstrap, "shared-group");
     other.subscribe(&["shared"]).unwrap();
     let mut taken = 0;
     let mut held = Vec::new();
@@ -232,11 +238,7 @@ fn a_second_group_member_takes_partitions_and_gives_them_back_without_loss() {
 /// not read.
 #[test]
 fn latest_keeps_its_start_across_kill_9_before_the_first_message() {
-    let cluster = MockCluster::new(3).expect("the mock cluster starts");
-    cluster
-        .create_topic("late", 3, 1)
-        .expect("the topic is created");
-    let bootstrap = cluster.bootstrap_servers();
+    let (_cluster, bootstrap) = cluster_with_topic("late", 3);
     let lines = recorded_tweets();
     let (before, after) = lines[..600].split_at(200);
     let w = KafkaWriter::connect(&format!("kafka://{bootstrap}/late")).unwrap();
