@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 use tarn_common::TarnResult;
-use tarn_storage::document::{EventTimeInfo, IngestContext, parse_limited, prepare};
+use tarn_storage::document::{EventTimeInfo, IngestContext, parse_limited, prepare, prepare_text};
 use tarn_storage::jsonscan::value_depth;
 use tarn_storage::{Collection, Document};
 
@@ -318,15 +318,7 @@ impl SourceSink {
             None => {
                 let (label, event_time_info) = (self.label.clone(), self.event_time_info.clone());
                 let pieces = in_parallel(records, move |piece| {
-                    let (parsed, mut bad) = parse_records(piece, &label, now_ms);
-                    let ready = parsed
-                        .into_iter()
-                        .map(|(body, r)| (body, Some(r.data), r.meta, r.position))
-                        .collect();
-                    let (docs, unprepared) =
-                        prepare_all(ready, event_time_info.as_ref(), &label, now_micros);
-                    bad.extend(unprepared);
-                    (docs, bad)
+                    prepare_records(piece, event_time_info.as_ref(), &label, now_micros)
                 })
                 .await?;
                 for (d, b) in pieces {
@@ -461,6 +453,51 @@ fn parse_records(
         });
     }
     (parsed, bad)
+}
+
+/// Documents straight from records' texts, with no transformation between (no value tree
+/// is built for a record that is a plain JSON object), and an error for each other record.
+fn prepare_records(
+    records: Vec<RawRecord>,
+    event_time_info: Option<&EventTimeInfo>,
+    label: &str,
+    now_micros: i64,
+) -> (Vec<(Document, Vec<u8>)>, Vec<IngestError>) {
+    let mut bad = Vec::new();
+    let mut docs = Vec::with_capacity(records.len());
+    for r in records {
+        if r.data.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            // Not an object: the value path says what it is instead.
+            let (parsed, refused) = parse_records(vec![r], label, now_micros / 1000);
+            bad.extend(refused);
+            let ready = parsed
+                .into_iter()
+                .map(|(body, r)| (body, Some(r.data), r.meta, r.position))
+                .collect();
+            let (prepared, refused) = prepare_all(ready, event_time_info, label, now_micros);
+            docs.extend(prepared);
+            bad.extend(refused);
+            continue;
+        }
+        let ctx = IngestContext {
+            event_time_info,
+            now_micros,
+            meta: &r.meta,
+        };
+        let prepared = value_depth(&r.data)
+            .map_err(|e| format!("the record is not valid JSON: {}", e.message))
+            .and_then(|depth| prepare_text(&r.data, depth, &ctx));
+        match prepared {
+            Ok(d) => docs.push((d, r.data)),
+            Err(message) => bad.push(IngestError {
+                at_ms: now_micros / 1000,
+                source: label.to_owned(),
+                position: r.position,
+                message,
+            }),
+        }
+    }
+    (docs, bad)
 }
 
 /// Documents ready to store (with their text), and an error for each body that is not.

@@ -13,7 +13,7 @@ use tarn_common::limits::MAX_REQUEST_BYTES;
 use tarn_common::{TarnError, TarnResult};
 use tarn_sql::QueryRequest;
 use tarn_storage::collection::DocStatus;
-use tarn_storage::document::{IngestContext, parse_limited, prepare};
+use tarn_storage::document::{IngestContext, parse_limited, prepare, prepare_text};
 use tarn_storage::jsonscan::split_data_array;
 use tarn_storage::{Collection, CollectionInfo, CollectionOptions, EventTimeInfo, WorkspaceInfo};
 
@@ -436,7 +436,7 @@ async fn add_documents(
     } else {
         for span in &spans {
             let text = &body[span.start..span.end];
-            match parse_limited(text, span.depth).and_then(|v| prepare(v, &ctx)) {
+            match prepare_text(text, span.depth, &ctx) {
                 Ok(doc) => {
                     outcome.push(Ok(doc.id.clone()));
                     docs.push((doc, text.to_vec()));

@@ -64,23 +64,50 @@ pub fn documents_to_batch_refs(docs: &[&Document]) -> RecordBatch {
 /// Below this many documents a batch is built on one thread.
 const MIN_PIECE: usize = 256;
 
-/// [`documents_to_batch_refs`] on every core: the documents are cut into one piece per
+/// Builds one batch from documents and their JSON texts: from the texts' tapes (see
+/// [`crate::tape`]) where it can, from values parsed from the texts where it cannot. The
+/// text is the authority for a document's body (a document from
+/// [`crate::document::prepare_text`] has an empty `body`).
+pub fn documents_to_batch_texts(docs: &[(&Document, &[u8])]) -> RecordBatch {
+    crate::tape::documents_to_batch_from_texts(docs).unwrap_or_else(|| {
+        let parsed: Vec<Document> = docs
+            .iter()
+            .map(|(d, text)| match serde_json::from_slice::<Value>(text) {
+                Ok(Value::Object(mut body)) => {
+                    for k in [ID, EVENT_TIME, META] {
+                        body.shift_remove(k);
+                    }
+                    Document {
+                        body,
+                        ..(*d).clone()
+                    }
+                }
+                // Texts come from parsed documents; should one not parse, its value stands.
+                _ => (*d).clone(),
+            })
+            .collect();
+        documents_to_batch(&parsed)
+    })
+}
+
+/// [`documents_to_batch_texts`] on every core: the documents are cut into one piece per
 /// core, each piece built on its own thread, and the pieces joined under their merged
 /// schema. Same rows in the same order as the one-thread build.
-pub fn documents_to_batch_parallel(docs: &[&Document]) -> RecordBatch {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+pub fn documents_to_batch_parallel(docs: &[(&Document, &[u8])]) -> RecordBatch {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pieces = (docs.len() / MIN_PIECE).clamp(1, cores);
     if pieces == 1 {
-        return documents_to_batch_refs(docs);
+        return documents_to_batch_texts(docs);
     }
     let size = docs.len().div_ceil(pieces);
     let batches: Vec<RecordBatch> = std::thread::scope(|scope| {
         let mut chunks = docs.chunks(size);
         let first = chunks.next().unwrap_or_default();
         let others: Vec<_> = chunks
-            .map(|c| scope.spawn(move || documents_to_batch_refs(c)))
+            .map(|c| scope.spawn(move || documents_to_batch_texts(c)))
             .collect();
-        let mut out = vec![documents_to_batch_refs(first)];
+        let mut out = vec![documents_to_batch_texts(first)];
         out.extend(
             others
                 .into_iter()
@@ -104,7 +131,7 @@ pub fn documents_to_batch_parallel(docs: &[&Document]) -> RecordBatch {
         Err(e) => {
             // Merged types always adapt; should that ever fail, one thread builds it.
             tracing::warn!(error = %e.message, "joining batch pieces failed; building on one thread");
-            documents_to_batch_refs(docs)
+            documents_to_batch_texts(docs)
         }
     }
 }
@@ -351,7 +378,16 @@ mod tests {
             .collect();
         let refs: Vec<&Document> = docs.iter().collect();
         let one = documents_to_batch_refs(&refs);
-        let many = documents_to_batch_parallel(&refs);
+        let texts: Vec<Vec<u8>> = docs
+            .iter()
+            .map(|d| serde_json::to_vec(&d.body).unwrap())
+            .collect();
+        let pairs: Vec<(&Document, &[u8])> = docs
+            .iter()
+            .zip(&texts)
+            .map(|(d, t)| (d, t.as_slice()))
+            .collect();
+        let many = documents_to_batch_parallel(&pairs);
         assert_eq!(many.num_rows(), 1500);
         // Same columns (order may differ) with the same values.
         for f in one.schema().fields() {

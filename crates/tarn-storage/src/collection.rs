@@ -266,7 +266,7 @@ fn logged_to_documents(docs: Vec<LoggedDoc>) -> TarnResult<Vec<(Document, Vec<u8
                 }
             };
             for k in [types::ID, types::EVENT_TIME, types::META] {
-                body.remove(k);
+                body.shift_remove(k);
             }
             let meta = serde_json::from_slice(&d.meta).unwrap_or(Value::Null);
             Ok((
@@ -287,9 +287,9 @@ pub fn prepare_write(
     docs: Vec<(Document, Vec<u8>)>,
     checkpoints: &[(String, String)],
 ) -> PreparedWrite {
-    let refs: Vec<&Document> = docs.iter().map(|(d, _)| d).collect();
-    let batch = documents_to_batch_parallel(&refs);
-    let ids = refs.iter().map(|d| d.id.clone()).collect();
+    let pairs: Vec<(&Document, &[u8])> = docs.iter().map(|(d, t)| (d, t.as_slice())).collect();
+    let batch = documents_to_batch_parallel(&pairs);
+    let ids = docs.iter().map(|(d, _)| d.id.clone()).collect();
     let logged: Vec<LoggedDoc> = docs
         .into_iter()
         .map(|(d, json)| LoggedDoc {

@@ -14,7 +14,8 @@ pub struct Document {
     /// Microseconds since the epoch.
     pub event_time: i64,
     pub meta: Value,
-    /// The document without `_id`, `_event_time` and `_meta`.
+    /// The document without `_id`, `_event_time` and `_meta`. Storing a document reads its
+    /// JSON text, not this: [`prepare_text`] leaves it empty.
     pub body: Map<String, Value>,
 }
 
@@ -56,16 +57,21 @@ impl EventTimeInfo {
         for p in parts {
             cur = cur.and_then(|v| v.get(p));
         }
-        let Some(v) = cur.filter(|v| !v.is_null()) else {
-            return Ok(None);
-        };
+        match cur.filter(|v| !v.is_null()) {
+            Some(v) => self.event_time_of(v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The event time a (non-null) value of the mapped field gives.
+    pub(crate) fn event_time_of(&self, v: &Value) -> Result<i64, String> {
         let scale = match self.format.as_deref() {
             Some("milliseconds_since_epoch") => 1_000,
             Some("seconds_since_epoch") => 1_000_000,
             Some("microseconds_since_epoch") => 1,
             _ => {
                 return match v.as_str().and_then(parse_iso8601_micros) {
-                    Some(t) => Ok(Some(t)),
+                    Some(t) => Ok(t),
                     None => Err(format!(
                         "field '{}' is {v}, not an ISO-8601 timestamp",
                         self.field
@@ -78,15 +84,13 @@ impl EventTimeInfo {
             Value::String(s) => s.trim().parse::<i64>().ok(),
             _ => None,
         };
-        n.and_then(|n| n.checked_mul(scale))
-            .map(Some)
-            .ok_or_else(|| {
-                format!(
-                    "field '{}' is {v}, not an integer count of {}",
-                    self.field,
-                    self.format.as_deref().unwrap_or_default().replace('_', " ")
-                )
-            })
+        n.and_then(|n| n.checked_mul(scale)).ok_or_else(|| {
+            format!(
+                "field '{}' is {v}, not an integer count of {}",
+                self.field,
+                self.format.as_deref().unwrap_or_default().replace('_', " ")
+            )
+        })
     }
 }
 
@@ -112,7 +116,7 @@ pub fn prepare(value: Value, ctx: &IngestContext) -> Result<Document, String> {
     if body.contains_key(NULLS) {
         return Err(format!("the field name '{NULLS}' is reserved by tarn"));
     }
-    let id = match body.remove(ID) {
+    let id = match body.shift_remove(ID) {
         None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
         Some(Value::String(s)) if !s.is_empty() => s,
         Some(other) => {
@@ -123,8 +127,8 @@ pub fn prepare(value: Value, ctx: &IngestContext) -> Result<Document, String> {
             ));
         }
     };
-    body.remove(META); // Rockset ignores a user-supplied _meta.
-    let event_time = match body.remove(EVENT_TIME) {
+    body.shift_remove(META); // Rockset ignores a user-supplied _meta.
+    let event_time = match body.shift_remove(EVENT_TIME) {
         None | Some(Value::Null) => match ctx.event_time_info {
             Some(info) => info.extract(&body)?.unwrap_or(ctx.now_micros),
             None => ctx.now_micros,
@@ -144,6 +148,19 @@ pub fn prepare(value: Value, ctx: &IngestContext) -> Result<Document, String> {
         meta: ctx.meta.clone(),
         body,
     })
+}
+
+/// [`parse_limited`] then [`prepare`], without building the document's value tree where its
+/// text allows: the [`Document`] then has an empty `body` (storing reads the text). Errors,
+/// and text the tape does not take, go the value path's way, so messages are the same.
+pub fn prepare_text(text: &[u8], depth: usize, ctx: &IngestContext) -> Result<Document, String> {
+    if text.len() <= MAX_DOCUMENT_BYTES
+        && depth <= MAX_DOCUMENT_DEPTH
+        && let Some(Ok(doc)) = crate::tape::prepare_from_text(text, ctx)
+    {
+        return Ok(doc);
+    }
+    parse_limited(text, depth).and_then(|v| prepare(v, ctx))
 }
 
 /// Parses one document's JSON text, enforcing the size and depth limits.
@@ -184,6 +201,61 @@ mod tests {
             event_time_info: info,
             now_micros: 42,
             meta,
+        }
+    }
+
+    #[test]
+    fn prepare_text_agrees_with_parse_and_prepare() {
+        let meta = json!({"source": "api"});
+        let infos = [
+            None,
+            Some(EventTimeInfo {
+                field: "timestamp_ms".into(),
+                format: Some("milliseconds_since_epoch".into()),
+                time_zone: None,
+            }),
+            Some(EventTimeInfo {
+                field: "a.when".into(),
+                format: None,
+                time_zone: None,
+            }),
+        ];
+        let texts = [
+            r#"{"_id":"a","x":1}"#,
+            r#"{"_id":"a","_id":"b"}"#,
+            r#"{"_id":"","x":1}"#,
+            r#"{"_id":5}"#,
+            r#"{"_id":"a","_event_time":1700000000000000}"#,
+            r#"{"_id":"a","_event_time":"2024-01-02T03:04:05Z"}"#,
+            r#"{"_id":"a","_event_time":"soon"}"#,
+            r#"{"_id":"a","_event_time":1.5}"#,
+            r#"{"_id":"a","timestamp_ms":"1607000000000","a":{"when":"2024-01-02T03:04:05.5Z"}}"#,
+            r#"{"_id":"a","timestamp_ms":1607000000000,"a":{"when":"yesterday"}}"#,
+            r#"{"_id":"a","timestamp_ms":"x","a":{"when":null}}"#,
+            r#"{"_id":"a","timestamp_ms":null,"a":[1]}"#,
+            r#"{"_id":"a","__tarn_nulls":1}"#,
+            r#"{"_id":"a","_meta":{"x":1}}"#,
+            r#"[1]"#,
+            r#"{"_id":"a","x":}"#,
+        ];
+        for info in &infos {
+            for text in texts {
+                let c = ctx(info.as_ref(), &meta);
+                let depth = crate::jsonscan::value_depth(text.as_bytes()).unwrap_or(1);
+                let want = parse_limited(text.as_bytes(), depth).and_then(|v| prepare(v, &c));
+                let got = prepare_text(text.as_bytes(), depth, &c);
+                match (got, want) {
+                    (Ok(g), Ok(w)) => {
+                        assert_eq!(
+                            (&g.id, g.event_time, &g.meta),
+                            (&w.id, w.event_time, &w.meta),
+                            "{text}"
+                        );
+                    }
+                    (Err(g), Err(w)) => assert_eq!(g, w, "{text}"),
+                    (g, w) => panic!("{text} with {info:?}: {g:?} but {w:?}"),
+                }
+            }
         }
     }
 

@@ -14,6 +14,7 @@ pub mod document;
 pub mod jsonscan;
 pub mod segment;
 pub mod summary;
+pub mod tape;
 pub mod to_json;
 pub mod types;
 pub mod wal;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 use tarn_sql::{QueryEngine, QueryRequest};
-use tarn_storage::document::{IngestContext, prepare};
+use tarn_storage::document::{IngestContext, prepare, prepare_text};
+use tarn_storage::jsonscan::value_depth;
 use tarn_storage::{CollectionOptions, DEFAULT_WORKSPACE, EventTimeInfo, SealPolicy, Storage};
 
 use crate::tweets::TweetGenerator;
@@ -187,8 +188,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                             .iter()
                             .map(|l| {
                                 Ok((
-                                    prepare(serde_json::from_slice(l)?, &ctx)
-                                        .map_err(anyhow::Error::msg)?,
+                                    prepare_text(
+                                        l,
+                                        value_depth(l).map_err(|e| anyhow::anyhow!(e.message))?,
+                                        &ctx,
+                                    )
+                                    .map_err(anyhow::Error::msg)?,
                                     l.to_vec(),
                                 ))
                             })

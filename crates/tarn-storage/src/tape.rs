@@ -1,0 +1,1139 @@
+//! JSON documents parsed into flat arrays of nodes ("tapes"), and Arrow batches built
+//! straight from their texts: the ingest path's cheaper alternative to walking
+//! `serde_json::Value` trees, with no allocation per value.
+//!
+//! Contract: [`documents_to_batch_from_texts`] gives the batch that
+//! [`crate::build::documents_to_batch_refs`] gives for the same documents, column for
+//! column and value for value. Where it cannot promise that (a key twice in one object,
+//! text that is not the JSON serde_json would accept) it returns `None`, and the caller
+//! builds from the documents' values instead.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, ListArray, StringArray, StructArray,
+    TimestampMicrosecondArray, new_null_array,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::datatypes::{DataType, Field, Fields, Schema};
+use arrow::record_batch::RecordBatch;
+use serde_json::Value;
+
+use crate::build::{build_array, variant_array};
+use crate::document::{Document, IngestContext};
+use crate::types::{self, EVENT_TIME, ID, META, NULLS};
+
+/// One node of a tape. Containers are followed by their contents; an object's contents are
+/// pairs of a `Str` key node and the value's nodes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Node {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// An integer above `i64::MAX`: stored as a variant, as a `serde_json` value would be.
+    UInt(u64),
+    Float(f64),
+    /// Bytes `start..start + len` of the source text, or of the tape's unescaped text.
+    Str {
+        start: u32,
+        len: u32,
+        escaped: bool,
+    },
+    /// `end` is the index of the first node after the container's contents.
+    Array {
+        len: u32,
+        end: u32,
+    },
+    Object {
+        len: u32,
+        end: u32,
+    },
+}
+
+/// The input could not be put on a tape the way `serde_json` would read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotOnTape;
+
+/// One JSON text as a tape.
+pub struct Tape<'a> {
+    src: &'a str,
+    nodes: Vec<Node>,
+    unescaped: String,
+}
+
+/// Nesting deeper than a document may is left to the value path, which refuses it.
+const MAX_TAPE_DEPTH: usize = tarn_common::limits::MAX_DOCUMENT_DEPTH;
+
+impl<'a> Tape<'a> {
+    /// Parses one JSON value, as strictly as `serde_json::from_slice`.
+    pub fn parse(src: &'a [u8]) -> Result<Tape<'a>, NotOnTape> {
+        if src.len() >= u32::MAX as usize {
+            return Err(NotOnTape);
+        }
+        let src = std::str::from_utf8(src).map_err(|_| NotOnTape)?;
+        let mut p = Parser {
+            s: src.as_bytes(),
+            i: 0,
+            nodes: Vec::with_capacity(src.len() / 12 + 4),
+            unescaped: String::new(),
+        };
+        p.document()?;
+        Ok(Tape {
+            src,
+            nodes: p.nodes,
+            unescaped: p.unescaped,
+        })
+    }
+
+    fn root(&self) -> V<'_> {
+        V { tape: self, at: 0 }
+    }
+}
+
+struct Parser<'s> {
+    s: &'s [u8],
+    i: usize,
+    nodes: Vec<Node>,
+    unescaped: String,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn expect(&mut self, b: u8) -> Result<(), NotOnTape> {
+        self.skip_ws();
+        if self.peek() == Some(b) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(NotOnTape)
+        }
+    }
+
+    /// The whole text: one value, whitespace around it. Iterative, so depth costs no stack.
+    fn document(&mut self) -> Result<(), NotOnTape> {
+        // Open containers: the index of their node and how many items they hold so far.
+        let mut open: Vec<(usize, u32)> = Vec::new();
+        'value: loop {
+            self.skip_ws();
+            match self.peek().ok_or(NotOnTape)? {
+                c @ (b'{' | b'[') => {
+                    self.i += 1;
+                    let at = self.nodes.len();
+                    let is_object = c == b'{';
+                    self.nodes.push(if is_object {
+                        Node::Object { len: 0, end: 0 }
+                    } else {
+                        Node::Array { len: 0, end: 0 }
+                    });
+                    self.skip_ws();
+                    let close = if is_object { b'}' } else { b']' };
+                    if self.peek() == Some(close) {
+                        self.i += 1;
+                        self.close(at, 0);
+                    } else {
+                        if open.len() >= MAX_TAPE_DEPTH {
+                            return Err(NotOnTape);
+                        }
+                        open.push((at, 0));
+                        if is_object {
+                            self.key()?;
+                        }
+                        continue 'value;
+                    }
+                }
+                b'"' => {
+                    self.i += 1;
+                    let node = self.string()?;
+                    self.nodes.push(node);
+                }
+                b't' => self.literal(b"true", Node::Bool(true))?,
+                b'f' => self.literal(b"false", Node::Bool(false))?,
+                b'n' => self.literal(b"null", Node::Null)?,
+                b'-' | b'0'..=b'9' => {
+                    let node = self.number()?;
+                    self.nodes.push(node);
+                }
+                _ => return Err(NotOnTape),
+            }
+            // A value ended: continue its container, or close it (and maybe its parents).
+            loop {
+                let Some((at, count)) = open.last_mut() else {
+                    self.skip_ws();
+                    return if self.i == self.s.len() {
+                        Ok(())
+                    } else {
+                        Err(NotOnTape)
+                    };
+                };
+                *count += 1;
+                let is_object = matches!(self.nodes[*at], Node::Object { .. });
+                self.skip_ws();
+                match self.peek() {
+                    Some(b',') => {
+                        self.i += 1;
+                        if is_object {
+                            self.key()?;
+                        }
+                        continue 'value;
+                    }
+                    Some(b'}') if is_object => {}
+                    Some(b']') if !is_object => {}
+                    _ => return Err(NotOnTape),
+                }
+                self.i += 1;
+                let (at, count) = open.pop().expect("a container is open");
+                self.close(at, count);
+            }
+        }
+    }
+
+    fn close(&mut self, at: usize, len: u32) {
+        let end = self.nodes.len() as u32;
+        self.nodes[at] = match self.nodes[at] {
+            Node::Object { .. } => Node::Object { len, end },
+            _ => Node::Array { len, end },
+        };
+    }
+
+    /// An object key and its colon.
+    fn key(&mut self) -> Result<(), NotOnTape> {
+        self.expect(b'"')?;
+        let node = self.string()?;
+        self.nodes.push(node);
+        self.expect(b':')
+    }
+
+    fn literal(&mut self, word: &[u8], node: Node) -> Result<(), NotOnTape> {
+        if self.s[self.i..].starts_with(word) {
+            self.i += word.len();
+            self.nodes.push(node);
+            Ok(())
+        } else {
+            Err(NotOnTape)
+        }
+    }
+
+    /// A string whose opening quote was read.
+    fn string(&mut self) -> Result<Node, NotOnTape> {
+        let start = self.i;
+        loop {
+            match self.peek().ok_or(NotOnTape)? {
+                b'"' => {
+                    let node = Node::Str {
+                        start: start as u32,
+                        len: (self.i - start) as u32,
+                        escaped: false,
+                    };
+                    self.i += 1;
+                    return Ok(node);
+                }
+                b'\\' => break,
+                0..=0x1f => return Err(NotOnTape),
+                _ => self.i += 1,
+            }
+        }
+        // Escapes: the string is copied, unescaped, into the tape's own text.
+        let from = self.unescaped.len();
+        let plain = std::str::from_utf8(&self.s[start..self.i]).map_err(|_| NotOnTape)?;
+        self.unescaped.push_str(plain);
+        loop {
+            let b = self.peek().ok_or(NotOnTape)?;
+            self.i += 1;
+            match b {
+                b'"' => break,
+                b'\\' => {
+                    let e = self.peek().ok_or(NotOnTape)?;
+                    self.i += 1;
+                    let c = match e {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => self.unicode_escape()?,
+                        _ => return Err(NotOnTape),
+                    };
+                    self.unescaped.push(c);
+                }
+                0..=0x1f => return Err(NotOnTape),
+                _ => {
+                    // Copy the run up to the next quote or escape at once.
+                    let run_start = self.i - 1;
+                    while let Some(b) = self.peek() {
+                        if b == b'"' || b == b'\\' || b < 0x20 {
+                            break;
+                        }
+                        self.i += 1;
+                    }
+                    let run =
+                        std::str::from_utf8(&self.s[run_start..self.i]).map_err(|_| NotOnTape)?;
+                    self.unescaped.push_str(run);
+                }
+            }
+        }
+        Ok(Node::Str {
+            start: from as u32,
+            len: (self.unescaped.len() - from) as u32,
+            escaped: true,
+        })
+    }
+
+    fn hex4(&mut self) -> Result<u32, NotOnTape> {
+        let digits = self.s.get(self.i..self.i + 4).ok_or(NotOnTape)?;
+        let mut n = 0u32;
+        for &d in digits {
+            n = n * 16 + (d as char).to_digit(16).ok_or(NotOnTape)?;
+        }
+        self.i += 4;
+        Ok(n)
+    }
+
+    /// `\uXXXX` (after the `u`), with surrogate pairs; a lone surrogate is refused, as
+    /// serde_json refuses it.
+    fn unicode_escape(&mut self) -> Result<char, NotOnTape> {
+        let first = self.hex4()?;
+        let code = match first {
+            0xD800..=0xDBFF => {
+                if self.s.get(self.i..self.i + 2) != Some(b"\\u") {
+                    return Err(NotOnTape);
+                }
+                self.i += 2;
+                let second = self.hex4()?;
+                if !(0xDC00..=0xDFFF).contains(&second) {
+                    return Err(NotOnTape);
+                }
+                0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
+            }
+            0xDC00..=0xDFFF => return Err(NotOnTape),
+            n => n,
+        };
+        char::from_u32(code).ok_or(NotOnTape)
+    }
+
+    /// A number, typed as `serde_json` types it: i64 when it fits, u64 above that, f64 for
+    /// fractions, exponents and integers beyond u64.
+    fn number(&mut self) -> Result<Node, NotOnTape> {
+        let start = self.i;
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.i += 1;
+        }
+        let int_start = self.i;
+        match self.peek() {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => {
+                while let Some(b'0'..=b'9') = self.peek() {
+                    self.i += 1;
+                }
+            }
+            _ => return Err(NotOnTape),
+        }
+        let int_end = self.i;
+        let mut is_float = false;
+        if self.peek() == Some(b'.') {
+            is_float = true;
+            self.i += 1;
+            if !matches!(self.peek(), Some(b'0'..=b'9')) {
+                return Err(NotOnTape);
+            }
+            while let Some(b'0'..=b'9') = self.peek() {
+                self.i += 1;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            is_float = true;
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            if !matches!(self.peek(), Some(b'0'..=b'9')) {
+                return Err(NotOnTape);
+            }
+            while let Some(b'0'..=b'9') = self.peek() {
+                self.i += 1;
+            }
+        }
+        if !is_float {
+            let mut magnitude: u64 = 0;
+            let mut overflow = false;
+            for &d in &self.s[int_start..int_end] {
+                match magnitude
+                    .checked_mul(10)
+                    .and_then(|m| m.checked_add((d - b'0') as u64))
+                {
+                    Some(m) => magnitude = m,
+                    None => {
+                        overflow = true;
+                        break;
+                    }
+                }
+            }
+            if !overflow {
+                if !negative {
+                    return Ok(match i64::try_from(magnitude) {
+                        Ok(n) => Node::Int(n),
+                        Err(_) => Node::UInt(magnitude),
+                    });
+                }
+                if magnitude <= i64::MAX as u64 + 1 {
+                    // serde_json reads "-0" as the float -0.0.
+                    if magnitude == 0 {
+                        return Ok(Node::Float(-0.0));
+                    }
+                    return Ok(Node::Int((magnitude as i64).wrapping_neg()));
+                }
+            }
+        }
+        let text = std::str::from_utf8(&self.s[start..self.i]).map_err(|_| NotOnTape)?;
+        let f: f64 = text.parse().map_err(|_| NotOnTape)?;
+        if f.is_finite() {
+            Ok(Node::Float(f))
+        } else {
+            Err(NotOnTape)
+        }
+    }
+}
+
+/// A value on a tape.
+#[derive(Clone, Copy)]
+struct V<'t> {
+    tape: &'t Tape<'t>,
+    at: usize,
+}
+
+impl<'t> V<'t> {
+    fn node(self) -> Node {
+        self.tape.nodes[self.at]
+    }
+
+    /// The index just past this value's nodes.
+    fn end(self) -> usize {
+        match self.node() {
+            Node::Array { end, .. } | Node::Object { end, .. } => end as usize,
+            _ => self.at + 1,
+        }
+    }
+
+    fn str(self) -> Option<&'t str> {
+        match self.node() {
+            Node::Str {
+                start,
+                len,
+                escaped,
+            } => {
+                let text = if escaped {
+                    &self.tape.unescaped
+                } else {
+                    self.tape.src
+                };
+                Some(&text[start as usize..(start + len) as usize])
+            }
+            _ => None,
+        }
+    }
+
+    fn is_object(self) -> bool {
+        matches!(self.node(), Node::Object { .. })
+    }
+
+    fn is_array(self) -> bool {
+        matches!(self.node(), Node::Array { .. })
+    }
+
+    /// An array's items.
+    fn items(self) -> impl Iterator<Item = V<'t>> {
+        let (len, mut at) = match self.node() {
+            Node::Array { len, .. } => (len, self.at + 1),
+            _ => (0, self.at + 1),
+        };
+        (0..len).map(move |_| {
+            let v = V {
+                tape: self.tape,
+                at,
+            };
+            at = v.end();
+            v
+        })
+    }
+
+    /// An object's pairs; at the document's top level without the fields tarn keeps apart
+    /// (`_id`, `_event_time`, `_meta`), as a prepared document's body is.
+    fn pairs(self, top: bool) -> impl Iterator<Item = (&'t str, V<'t>)> {
+        let (len, mut at) = match self.node() {
+            Node::Object { len, .. } => (len, self.at + 1),
+            _ => (0, self.at + 1),
+        };
+        (0..len)
+            .map(move |_| {
+                let key = V {
+                    tape: self.tape,
+                    at,
+                };
+                let value = V {
+                    tape: self.tape,
+                    at: at + 1,
+                };
+                at = value.end();
+                (key.str().expect("keys are strings"), value)
+            })
+            .filter(move |(k, _)| !(top && matches!(*k, ID | EVENT_TIME | META)))
+    }
+}
+
+/// An object to gather fields from: a value, and whether it is a document's top level.
+type Obj<'t> = (V<'t>, bool);
+
+fn infer(v: V) -> Result<DataType, NotOnTape> {
+    Ok(match v.node() {
+        Node::Null => DataType::Null,
+        Node::Bool(_) => DataType::Boolean,
+        Node::Int(_) => DataType::Int64,
+        Node::UInt(_) => types::variant_type(),
+        Node::Float(_) => DataType::Float64,
+        Node::Str { .. } => DataType::Utf8,
+        Node::Array { .. } => {
+            let mut elem = DataType::Null;
+            for item in v.items() {
+                elem = types::merge(&elem, &infer(item)?);
+            }
+            types::list_of(elem)
+        }
+        Node::Object { .. } => infer_object((v, false))?,
+    })
+}
+
+fn infer_object((v, top): Obj) -> Result<DataType, NotOnTape> {
+    let mut fields = Vec::new();
+    for (k, value) in v.pairs(top) {
+        fields.push(Arc::new(Field::new(k, infer(value)?, true)));
+    }
+    // Unique names are what gathering relies on to see a key given twice.
+    if fields.len() > 1 {
+        let mut names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err(NotOnTape);
+        }
+    }
+    Ok(DataType::Struct(fields.into()))
+}
+
+fn fits(dt: &DataType, v: V) -> bool {
+    match v.node() {
+        Node::Null => true,
+        _ if types::is_variant(dt) => true,
+        Node::Bool(_) => dt == &DataType::Boolean,
+        Node::Int(_) => dt == &DataType::Int64,
+        Node::UInt(_) => false,
+        Node::Float(_) => dt == &DataType::Float64,
+        Node::Str { .. } => dt == &DataType::Utf8,
+        Node::Array { .. } => match dt {
+            DataType::List(item) => v.items().all(|i| fits(item.data_type(), i)),
+            _ => false,
+        },
+        Node::Object { .. } => match dt {
+            DataType::Struct(fields) => object_fits(fields, (v, false)),
+            _ => false,
+        },
+    }
+}
+
+fn object_fits(fields: &Fields, (v, top): Obj) -> bool {
+    v.pairs(top).enumerate().all(|(pos, (k, value))| {
+        let field = match fields.get(pos) {
+            Some(f) if f.name() == k => Some(f),
+            _ => fields.find(k).map(|(_, f)| f),
+        };
+        field.is_some_and(|f| fits(f.data_type(), value))
+    })
+}
+
+fn widen_object(dt: &mut DataType, obj: Obj) -> Result<(), NotOnTape> {
+    let fits_already = matches!(dt, DataType::Struct(f) if object_fits(f, obj));
+    if !fits_already {
+        *dt = types::merge(dt, &infer_object(obj)?);
+    }
+    Ok(())
+}
+
+/// As `build::gather_fields`; a key met twice in one object is `NotOnTape`.
+fn gather_fields<'t>(
+    objects: &[Option<Obj<'t>>],
+    fields: &Fields,
+) -> Result<Vec<Vec<Option<V<'t>>>>, NotOnTape> {
+    let mut columns: Vec<Vec<Option<V>>> = vec![vec![None; objects.len()]; fields.len()];
+    let mut by_name: Option<HashMap<&str, usize>> = None;
+    for (row, obj) in objects.iter().enumerate() {
+        let Some(obj) = obj else { continue };
+        for (pos, (k, v)) in obj.0.pairs(obj.1).enumerate() {
+            let idx = match fields.get(pos) {
+                Some(f) if f.name() == k => pos,
+                _ => {
+                    let index = by_name.get_or_insert_with(|| {
+                        fields
+                            .iter()
+                            .enumerate()
+                            .map(|(i, f)| (f.name().as_str(), i))
+                            .collect()
+                    });
+                    match index.get(k) {
+                        Some(&i) => i,
+                        None => continue,
+                    }
+                }
+            };
+            let slot = &mut columns[idx][row];
+            if slot.is_some() {
+                return Err(NotOnTape);
+            }
+            *slot = Some(v);
+        }
+    }
+    Ok(columns)
+}
+
+/// As [`crate::build::build_array`], over tape values.
+fn build(values: &[Option<V>], dt: &DataType) -> Result<ArrayRef, NotOnTape> {
+    Ok(match dt {
+        DataType::Null => new_null_array(dt, values.len()),
+        DataType::Boolean => Arc::new(
+            values
+                .iter()
+                .map(|v| match v.map(V::node) {
+                    Some(Node::Bool(b)) => Some(b),
+                    _ => None,
+                })
+                .collect::<BooleanArray>(),
+        ),
+        DataType::Int64 => Arc::new(
+            values
+                .iter()
+                .map(|v| match v.map(V::node) {
+                    Some(Node::Int(n)) => Some(n),
+                    _ => None,
+                })
+                .collect::<Int64Array>(),
+        ),
+        DataType::Float64 => Arc::new(
+            values
+                .iter()
+                .map(|v| match v.map(V::node) {
+                    Some(Node::Float(f)) => Some(f),
+                    Some(Node::Int(n)) => Some(n as f64),
+                    Some(Node::UInt(n)) => Some(n as f64),
+                    _ => None,
+                })
+                .collect::<Float64Array>(),
+        ),
+        DataType::Utf8 => Arc::new(
+            values
+                .iter()
+                .map(|v| v.and_then(V::str))
+                .collect::<StringArray>(),
+        ),
+        dt if types::is_variant(dt) => {
+            let mut text: Vec<Option<String>> = Vec::with_capacity(values.len());
+            for v in values {
+                text.push(match v {
+                    Some(v) => {
+                        let mut out = Vec::new();
+                        write_json(*v, &mut out)?;
+                        Some(String::from_utf8(out).map_err(|_| NotOnTape)?)
+                    }
+                    None => None,
+                });
+            }
+            variant_array(text.into_iter().collect())
+        }
+        DataType::Struct(fields) => {
+            let validity = NullBuffer::from(
+                values
+                    .iter()
+                    .map(|v| v.is_some_and(V::is_object))
+                    .collect::<Vec<_>>(),
+            );
+            if fields.is_empty() {
+                return Ok(Arc::new(StructArray::new_empty_fields(
+                    values.len(),
+                    Some(validity),
+                )));
+            }
+            let objects: Vec<Option<Obj>> = values
+                .iter()
+                .map(|v| v.filter(|v| v.is_object()).map(|v| (v, false)))
+                .collect();
+            let mut children = Vec::with_capacity(fields.len());
+            for (f, child) in fields.iter().zip(gather_fields(&objects, fields)?) {
+                children.push(build(&child, f.data_type())?);
+            }
+            Arc::new(StructArray::new(fields.clone(), children, Some(validity)))
+        }
+        DataType::List(item) => {
+            let mut offsets = Vec::with_capacity(values.len() + 1);
+            let mut elems: Vec<Option<V>> = Vec::new();
+            offsets.push(0i32);
+            for v in values {
+                if let Some(v) = v.filter(|v| v.is_array()) {
+                    elems.extend(v.items().map(Some));
+                }
+                offsets.push(i32::try_from(elems.len()).map_err(|_| NotOnTape)?);
+            }
+            let validity = NullBuffer::from(
+                values
+                    .iter()
+                    .map(|v| v.is_some_and(V::is_array))
+                    .collect::<Vec<_>>(),
+            );
+            let child = build(&elems, item.data_type())?;
+            Arc::new(ListArray::new(
+                item.clone(),
+                OffsetBuffer::new(offsets.into()),
+                child,
+                Some(validity),
+            ))
+        }
+        _ => return Err(NotOnTape),
+    })
+}
+
+/// Writes a value as `serde_json` serializes a `Value` (compact, its escaping, its number
+/// format). A key given twice in one object is `NotOnTape`: serde_json would keep one.
+fn write_json(v: V, out: &mut Vec<u8>) -> Result<(), NotOnTape> {
+    use std::io::Write;
+    let to = |r: Result<(), serde_json::Error>| r.map_err(|_| NotOnTape);
+    match v.node() {
+        Node::Null => out.extend_from_slice(b"null"),
+        Node::Bool(true) => out.extend_from_slice(b"true"),
+        Node::Bool(false) => out.extend_from_slice(b"false"),
+        Node::Int(n) => write!(out, "{n}").map_err(|_| NotOnTape)?,
+        Node::UInt(n) => write!(out, "{n}").map_err(|_| NotOnTape)?,
+        Node::Float(f) => to(serde_json::to_writer(&mut *out, &f))?,
+        Node::Str { .. } => to(serde_json::to_writer(&mut *out, v.str().unwrap_or("")))?,
+        Node::Array { .. } => {
+            out.push(b'[');
+            for (i, item) in v.items().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json(item, out)?;
+            }
+            out.push(b']');
+        }
+        Node::Object { .. } => {
+            let keys: Vec<&str> = v.pairs(false).map(|(k, _)| k).collect();
+            if keys.len() > 1 {
+                let mut sorted = keys.clone();
+                sorted.sort_unstable();
+                if sorted.windows(2).any(|w| w[0] == w[1]) {
+                    return Err(NotOnTape);
+                }
+            }
+            out.push(b'{');
+            for (i, (k, value)) in v.pairs(false).enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                to(serde_json::to_writer(&mut *out, k))?;
+                out.push(b':');
+                write_json(value, out)?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+/// As [`crate::build::null_pointers`], over a document's top level. The path of a null is
+/// spelled out only when one is found.
+fn null_pointers(root: V) -> Option<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut path: Vec<PathStep> = Vec::new();
+    object_nulls((root, true), &mut path, &mut out);
+    (!out.is_empty()).then(|| serde_json::to_string(&out).expect("strings serialize"))
+}
+
+#[derive(Clone, Copy)]
+enum PathStep<'t> {
+    Key(&'t str),
+    Index(usize),
+}
+
+fn pointer(path: &[PathStep]) -> String {
+    let mut s = String::new();
+    for step in path {
+        match step {
+            PathStep::Key(k) => crate::build::push_pointer_segment(&mut s, k),
+            PathStep::Index(i) => {
+                s.push('/');
+                s.push_str(&i.to_string());
+            }
+        }
+    }
+    s
+}
+
+fn object_nulls<'t>((v, top): Obj<'t>, path: &mut Vec<PathStep<'t>>, out: &mut Vec<String>) {
+    for (k, value) in v.pairs(top) {
+        match value.node() {
+            Node::Null => {
+                path.push(PathStep::Key(k));
+                out.push(pointer(path));
+                path.pop();
+            }
+            Node::Object { .. } | Node::Array { .. } => {
+                path.push(PathStep::Key(k));
+                nested_nulls(value, path, out);
+                path.pop();
+            }
+            _ => {}
+        }
+    }
+}
+
+fn nested_nulls<'t>(v: V<'t>, path: &mut Vec<PathStep<'t>>, out: &mut Vec<String>) {
+    match v.node() {
+        Node::Object { .. } => object_nulls((v, false), path, out),
+        Node::Array { .. } => {
+            for (i, item) in v.items().enumerate() {
+                if item.is_object() || item.is_array() {
+                    path.push(PathStep::Index(i));
+                    nested_nulls(item, path, out);
+                    path.pop();
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// [`crate::document::prepare`] read from a document's text: `None` where the tape does
+/// not take the text or the document is not plainly valid (the caller then goes the value
+/// path's way, which says what is wrong). The document's `body` is left empty.
+pub(crate) fn prepare_from_text(
+    text: &[u8],
+    ctx: &IngestContext,
+) -> Option<Result<Document, String>> {
+    let tape = Tape::parse(text).ok()?;
+    let root = tape.root();
+    if !root.is_object() {
+        return None;
+    }
+    // As in a parsed object, the last of a key given twice wins.
+    let (mut id, mut event_time) = (None, None);
+    for (k, v) in root.pairs(false) {
+        match k {
+            ID => id = Some(v),
+            EVENT_TIME => event_time = Some(v),
+            NULLS => return None,
+            _ => {}
+        }
+    }
+    let id = match id.map(V::node) {
+        None | Some(Node::Null) => uuid::Uuid::new_v4().to_string(),
+        Some(Node::Str { len, .. }) if len > 0 => id?.str()?.to_owned(),
+        Some(_) => return None,
+    };
+    let event_time = match event_time.map(V::node) {
+        None | Some(Node::Null) => match ctx.event_time_info {
+            Some(info) => {
+                let mut parts = info.field.split('.');
+                let first = parts.next().unwrap_or_default();
+                let mut cur = root.pairs(true).filter(|(k, _)| *k == first).last();
+                for p in parts {
+                    cur = cur.and_then(|(_, v)| v.pairs(false).filter(|(k, _)| *k == p).last());
+                }
+                match cur.map(|(_, v)| v).filter(|v| v.node() != Node::Null) {
+                    Some(v) => match info.event_time_of(&to_value(v)) {
+                        Ok(t) => t,
+                        Err(e) => return Some(Err(e)),
+                    },
+                    None => ctx.now_micros,
+                }
+            }
+            None => ctx.now_micros,
+        },
+        Some(Node::Int(n)) => n,
+        Some(Node::Str { .. }) => tarn_common::time::parse_iso8601_micros(event_time?.str()?)?,
+        Some(_) => return None,
+    };
+    Some(Ok(Document {
+        id,
+        event_time,
+        meta: ctx.meta.clone(),
+        body: serde_json::Map::new(),
+    }))
+}
+
+/// A tape value as a `serde_json` value.
+fn to_value(v: V) -> Value {
+    match v.node() {
+        Node::Null => Value::Null,
+        Node::Bool(b) => Value::Bool(b),
+        Node::Int(n) => Value::from(n),
+        Node::UInt(n) => Value::from(n),
+        Node::Float(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        Node::Str { .. } => Value::String(v.str().unwrap_or_default().to_owned()),
+        Node::Array { .. } => Value::Array(v.items().map(to_value).collect()),
+        Node::Object { .. } => Value::Object(
+            v.pairs(false)
+                .map(|(k, v)| (k.to_owned(), to_value(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Builds the batch of [`crate::build::documents_to_batch_refs`] from each document's JSON
+/// text (its body, possibly with `_id`, `_event_time` and `_meta` at the top level, which
+/// are taken from the document instead). `None` when a text is not on a tape the way the
+/// value path reads it; the caller then builds from the values.
+pub fn documents_to_batch_from_texts(docs: &[(&Document, &[u8])]) -> Option<RecordBatch> {
+    let tapes: Vec<Tape> = docs
+        .iter()
+        .map(|(_, text)| Tape::parse(text))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if tapes.iter().any(|t| !t.root().is_object()) {
+        return None;
+    }
+    let roots: Vec<Option<Obj>> = tapes.iter().map(|t| Some((t.root(), true))).collect();
+    let mut body_type = DataType::Struct(Fields::empty());
+    let mut meta_type = DataType::Null;
+    for (root, (d, _)) in roots.iter().zip(docs) {
+        widen_object(&mut body_type, root.expect("every document has a root")).ok()?;
+        types::widen(&mut meta_type, &d.meta);
+    }
+    let DataType::Struct(body_fields) = body_type else {
+        unreachable!("widening keeps a struct a struct")
+    };
+    let mut fields: Vec<Field> = vec![
+        Field::new(ID, DataType::Utf8, false),
+        Field::new(EVENT_TIME, types::event_time_type(), false),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            docs.iter().map(|(d, _)| d.id.as_str()),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(docs.iter().map(|(d, _)| d.event_time))
+                .with_timezone("UTC"),
+        ),
+    ];
+    if meta_type != DataType::Null {
+        let metas: Vec<Option<&Value>> = docs.iter().map(|(d, _)| Some(&d.meta)).collect();
+        columns.push(build_array(&metas, &meta_type));
+        fields.push(Field::new(META, meta_type, true));
+    }
+    let gathered = gather_fields(&roots, &body_fields).ok()?;
+    for (f, values) in body_fields.iter().zip(gathered) {
+        columns.push(build(&values, f.data_type()).ok()?);
+        fields.push(Field::new(f.name(), f.data_type().clone(), true));
+    }
+    let nulls: StringArray = tapes.iter().map(|t| null_pointers(t.root())).collect();
+    columns.push(Arc::new(nulls));
+    fields.push(Field::new(NULLS, DataType::Utf8, true));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::documents_to_batch_refs;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn doc_from_text(text: &str) -> Document {
+        let Value::Object(mut body) = serde_json::from_str(text).unwrap() else {
+            panic!("not an object: {text}")
+        };
+        for k in [ID, EVENT_TIME, META] {
+            body.shift_remove(k);
+        }
+        Document {
+            id: "x".into(),
+            event_time: 7,
+            meta: json!({"source": "test"}),
+            body,
+        }
+    }
+
+    /// Both builds over the same texts, which must agree.
+    fn assert_same(texts: &[&str]) {
+        let docs: Vec<Document> = texts.iter().map(|t| doc_from_text(t)).collect();
+        let refs: Vec<&Document> = docs.iter().collect();
+        let want = documents_to_batch_refs(&refs);
+        let pairs: Vec<(&Document, &[u8])> = docs
+            .iter()
+            .zip(texts)
+            .map(|(d, t)| (d, t.as_bytes()))
+            .collect();
+        let got = documents_to_batch_from_texts(&pairs)
+            .unwrap_or_else(|| panic!("not built from the tape: {texts:?}"));
+        assert_eq!(got.schema(), want.schema(), "{texts:?}");
+        for (i, (g, w)) in got.columns().iter().zip(want.columns()).enumerate() {
+            assert_eq!(
+                g.to_data(),
+                w.to_data(),
+                "column {} of {texts:?}",
+                want.schema().field(i).name()
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_are_typed_as_serde_json_types_them() {
+        for (text, want) in [
+            ("0", Node::Int(0)),
+            ("-0", Node::Float(-0.0)),
+            ("9223372036854775807", Node::Int(i64::MAX)),
+            ("-9223372036854775808", Node::Int(i64::MIN)),
+            ("9223372036854775808", Node::UInt(1 << 63)),
+            ("18446744073709551615", Node::UInt(u64::MAX)),
+            ("18446744073709551616", Node::Float(18446744073709551616.0)),
+            ("-9223372036854775809", Node::Float(-9223372036854775809.0)),
+            ("1.5e3", Node::Float(1500.0)),
+            ("0.1", Node::Float(0.1)),
+        ] {
+            let tape = Tape::parse(text.as_bytes()).unwrap();
+            assert_eq!(tape.nodes, vec![want], "{text}");
+            let value: Value = serde_json::from_str(text).unwrap();
+            let agrees = match want {
+                Node::Int(n) => value.as_i64() == Some(n),
+                Node::UInt(n) => value.as_u64() == Some(n) && value.as_i64().is_none(),
+                Node::Float(f) => value.is_f64() && value.as_f64() == Some(f),
+                _ => false,
+            };
+            assert!(agrees, "{text}: serde_json reads {value:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_serde_json_refuses() {
+        for text in [
+            "",
+            "{",
+            "{\"a\":}",
+            "[1,]",
+            "{\"a\":1,}",
+            "01",
+            "1.",
+            "-",
+            "1e",
+            "\"\\ud800\"",
+            "\"\\x\"",
+            "\"a\u{1}\"",
+            "nul",
+            "1 2",
+            "{\"a\" 1}",
+            "1e400",
+            "[1}",
+        ] {
+            assert!(
+                serde_json::from_str::<Value>(text).is_err(),
+                "serde_json takes {text:?}"
+            );
+            assert!(
+                Tape::parse(text.as_bytes()).is_err(),
+                "the tape takes {text:?}"
+            );
+        }
+        assert!(Tape::parse(&[b'"', 0xff, b'"']).is_err());
+    }
+
+    #[test]
+    fn builds_what_the_value_path_builds() {
+        assert_same(&[
+            r#"{"_id":"a","a":1,"u":{"n":"x","z":null},"m":1,"s":"t\u00e9\"\ud83d\ude00","l":[1,null]}"#,
+            r#"{"a":2,"u":{"k":[1,2],"n":"y"},"m":"one","_event_time":5,"l":[],"e":{},"v":[1,"x",{"q":null}]}"#,
+            r#"{"_meta":{"x":1},"a":null,"big":18446744073709551615,"f":-0,"x/y~z":null,"arr":[[null,{"n":null}]]}"#,
+            r#" { "w" : 1.25 , "f" : 2.5e-3 } "#,
+        ]);
+    }
+
+    #[test]
+    fn a_key_given_twice_is_left_to_the_value_path() {
+        for text in [
+            r#"{"a":1,"a":2}"#,
+            r#"{"o":{"b":1,"b":"x"}}"#,
+            r#"{"v":[{"c":1,"c":2}]}"#,
+        ] {
+            let d = doc_from_text(text);
+            assert!(
+                documents_to_batch_from_texts(&[(&d, text.as_bytes())]).is_none(),
+                "{text}"
+            );
+        }
+        // Also inside a value stored as a variant.
+        let texts = [r#"{"v":1}"#, r#"{"v":{"c":1,"c":2}}"#];
+        let docs: Vec<Document> = texts.iter().map(|t| doc_from_text(t)).collect();
+        let pairs: Vec<(&Document, &[u8])> = docs
+            .iter()
+            .zip(texts)
+            .map(|(d, t)| (d, t.as_bytes()))
+            .collect();
+        assert!(documents_to_batch_from_texts(&pairs).is_none());
+    }
+
+    #[test]
+    fn real_tweets_build_as_the_value_path_builds_them() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/data/real-tweets.ndjson"
+        );
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("{path} is needed next to the checkout: {e}"));
+        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 2000);
+        for chunk in lines.chunks(500) {
+            assert_same(chunk);
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            (-1e300f64..1e300).prop_map(|f| json!(f)),
+            "[a-c\u{e9}\u{1F600}\"\\\\/\n\u{1}]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(("[a-d_]{1,2}", inner), 0..5)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn random_documents_build_as_the_value_path_builds_them(
+            bodies in prop::collection::vec(
+                prop::collection::vec(("[a-e]{1,2}|_id|_meta", json_value()), 0..6), 1..6)
+        ) {
+            let texts: Vec<String> = bodies
+                .into_iter()
+                .map(|kv| {
+                    let map: serde_json::Map<String, Value> = kv.into_iter().collect();
+                    serde_json::to_string(&Value::Object(map)).unwrap()
+                })
+                .collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            assert_same(&refs);
+        }
+    }
+}
