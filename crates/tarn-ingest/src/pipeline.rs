@@ -484,9 +484,12 @@ fn prepare_records(
             now_micros,
             meta: &r.meta,
         };
-        let prepared = value_depth(&r.data)
-            .map_err(|e| format!("the record is not valid JSON: {}", e.message))
-            .and_then(|depth| prepare_text(&r.data, depth, &ctx));
+        let prepared = prepare_text(&r.data, &ctx).unwrap_or_else(|| {
+            value_depth(&r.data)
+                .map_err(|e| format!("the record is not valid JSON: {}", e.message))
+                .and_then(|depth| parse_limited(&r.data, depth))
+                .and_then(|v| prepare(v, &ctx))
+        });
         match prepared {
             Ok(d) => docs.push((d, r.data)),
             Err(message) => bad.push(IngestError {

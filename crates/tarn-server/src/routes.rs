@@ -436,7 +436,9 @@ async fn add_documents(
     } else {
         for span in &spans {
             let text = &body[span.start..span.end];
-            match prepare_text(text, span.depth, &ctx) {
+            let prepared = prepare_text(text, &ctx)
+                .unwrap_or_else(|| parse_limited(text, span.depth).and_then(|v| prepare(v, &ctx)));
+            match prepared {
                 Ok(doc) => {
                     outcome.push(Ok(doc.id.clone()));
                     docs.push((doc, text.to_vec()));

@@ -133,6 +133,7 @@ mod tests {
                 event_time: 0,
                 meta: Value::Null,
                 body: b.as_object().unwrap().clone(),
+                tape: None,
             })
             .collect();
         documents_to_batch(&docs)

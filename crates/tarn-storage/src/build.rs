@@ -337,6 +337,7 @@ mod tests {
             event_time: 1,
             meta: json!({"source": "api"}),
             body: body.as_object().unwrap().clone(),
+            tape: None,
         }
     }
 

@@ -275,6 +275,7 @@ fn logged_to_documents(docs: Vec<LoggedDoc>) -> TarnResult<Vec<(Document, Vec<u8
                     event_time: d.event_time,
                     meta,
                     body,
+                    tape: None,
                 },
                 d.json,
             ))

@@ -17,6 +17,9 @@ pub struct Document {
     /// The document without `_id`, `_event_time` and `_meta`. Storing a document reads its
     /// JSON text, not this: [`prepare_text`] leaves it empty.
     pub body: Map<String, Value>,
+    /// The nodes of the document's JSON text, when it was prepared from that text
+    /// ([`prepare_text`]): storing it reads them instead of parsing the text again.
+    pub tape: Option<std::sync::Arc<crate::tape::Parsed>>,
 }
 
 /// How `_event_time` is derived from a document field (Rockset's `event_time_info`).
@@ -147,20 +150,20 @@ pub fn prepare(value: Value, ctx: &IngestContext) -> Result<Document, String> {
         event_time,
         meta: ctx.meta.clone(),
         body,
+        tape: None,
     })
 }
 
-/// [`parse_limited`] then [`prepare`], without building the document's value tree where its
-/// text allows: the [`Document`] then has an empty `body` (storing reads the text). Errors,
-/// and text the tape does not take, go the value path's way, so messages are the same.
-pub fn prepare_text(text: &[u8], depth: usize, ctx: &IngestContext) -> Result<Document, String> {
-    if text.len() <= MAX_DOCUMENT_BYTES
-        && depth <= MAX_DOCUMENT_DEPTH
-        && let Some(Ok(doc)) = crate::tape::prepare_from_text(text, ctx)
-    {
-        return Ok(doc);
+/// [`prepare`] straight from a document's JSON text, without building its value tree: the
+/// [`Document`] has an empty `body` and keeps the text's nodes (storing reads the text).
+/// `None` where the text needs the value path ([`parse_limited`], then [`prepare`]), which
+/// also says what is wrong with it; an error here is the one the value path would give.
+pub fn prepare_text(text: &[u8], ctx: &IngestContext) -> Option<Result<Document, String>> {
+    // The tape refuses nesting deeper than MAX_DOCUMENT_DEPTH itself.
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return None;
     }
-    parse_limited(text, depth).and_then(|v| prepare(v, ctx))
+    crate::tape::prepare_from_text(text, ctx)
 }
 
 /// Parses one document's JSON text, enforcing the size and depth limits.
@@ -243,7 +246,9 @@ mod tests {
                 let c = ctx(info.as_ref(), &meta);
                 let depth = crate::jsonscan::value_depth(text.as_bytes()).unwrap_or(1);
                 let want = parse_limited(text.as_bytes(), depth).and_then(|v| prepare(v, &c));
-                let got = prepare_text(text.as_bytes(), depth, &c);
+                let got = prepare_text(text.as_bytes(), &c).unwrap_or_else(|| {
+                    parse_limited(text.as_bytes(), depth).and_then(|v| prepare(v, &c))
+                });
                 match (got, want) {
                     (Ok(g), Ok(w)) => {
                         assert_eq!(

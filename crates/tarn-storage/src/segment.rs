@@ -368,6 +368,7 @@ mod tests {
             event_time: i as i64 * 10,
             meta: Value::Null,
             body: b.as_object().unwrap().clone(),
+            tape: None,
         })
         .collect();
         let batch = documents_to_batch(&docs);
@@ -404,6 +405,7 @@ mod tests {
                     event_time: i as i64,
                     meta: Value::Null,
                     body: b.as_object().unwrap().clone(),
+                    tape: None,
                 })
                 .collect();
             documents_to_batch(&docs)

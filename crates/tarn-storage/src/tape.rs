@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, ListArray, StringArray, StructArray,
+    ArrayBuilder, ArrayRef, BooleanArray, BooleanBufferBuilder, BooleanBuilder, Float64Array,
+    Float64Builder, Int64Array, Int64Builder, ListArray, StringArray, StringBuilder, StructArray,
     TimestampMicrosecondArray, new_null_array,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
@@ -55,19 +56,29 @@ enum Node {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotOnTape;
 
-/// One JSON text as a tape.
-pub struct Tape<'a> {
-    src: &'a str,
+/// A JSON text's nodes, kept apart from the text their strings point into: a document
+/// prepared from its text keeps them, so that storing it does not parse the text again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
     nodes: Vec<Node>,
     unescaped: String,
+    text_len: usize,
 }
 
-/// Nesting deeper than a document may is left to the value path, which refuses it.
+/// A JSON text and its nodes.
+pub struct Tape<'a> {
+    src: &'a str,
+    nodes: &'a [Node],
+    unescaped: &'a str,
+}
+
+/// Nesting deeper than a document may is left to the value path, which refuses it; so
+/// whatever the tape takes is within the depth limit.
 const MAX_TAPE_DEPTH: usize = tarn_common::limits::MAX_DOCUMENT_DEPTH;
 
-impl<'a> Tape<'a> {
+impl Parsed {
     /// Parses one JSON value, as strictly as `serde_json::from_slice`.
-    pub fn parse(src: &'a [u8]) -> Result<Tape<'a>, NotOnTape> {
+    pub fn parse(src: &[u8]) -> Result<Parsed, NotOnTape> {
         if src.len() >= u32::MAX as usize {
             return Err(NotOnTape);
         }
@@ -79,10 +90,24 @@ impl<'a> Tape<'a> {
             unescaped: String::new(),
         };
         p.document()?;
-        Ok(Tape {
-            src,
+        Ok(Parsed {
             nodes: p.nodes,
             unescaped: p.unescaped,
+            text_len: src.len(),
+        })
+    }
+}
+
+impl<'a> Tape<'a> {
+    /// The tape of `src` from its nodes; `None` when they are not of a text this long.
+    fn of(src: &'a [u8], parsed: &'a Parsed) -> Option<Tape<'a>> {
+        if parsed.text_len != src.len() {
+            return None;
+        }
+        Some(Tape {
+            src: std::str::from_utf8(src).ok()?,
+            nodes: &parsed.nodes,
+            unescaped: &parsed.unescaped,
         })
     }
 
@@ -127,6 +152,10 @@ impl Parser<'_> {
             self.skip_ws();
             match self.peek().ok_or(NotOnTape)? {
                 c @ (b'{' | b'[') => {
+                    // As deep as `jsonscan::value_depth` counts: `{}` is 1, `{"a":[]}` 2.
+                    if open.len() + 1 > MAX_TAPE_DEPTH {
+                        return Err(NotOnTape);
+                    }
                     self.i += 1;
                     let at = self.nodes.len();
                     let is_object = c == b'{';
@@ -141,9 +170,6 @@ impl Parser<'_> {
                         self.i += 1;
                         self.close(at, 0);
                     } else {
-                        if open.len() >= MAX_TAPE_DEPTH {
-                            return Err(NotOnTape);
-                        }
                         open.push((at, 0));
                         if is_object {
                             self.key()?;
@@ -435,11 +461,11 @@ impl<'t> V<'t> {
                 escaped,
             } => {
                 let text = if escaped {
-                    &self.tape.unescaped
+                    self.tape.unescaped
                 } else {
                     self.tape.src
                 };
-                Some(&text[start as usize..(start + len) as usize])
+                text.get(start as usize..start as usize + len as usize)
             }
             _ => None,
         }
@@ -487,7 +513,7 @@ impl<'t> V<'t> {
                     at: at + 1,
                 };
                 at = value.end();
-                (key.str().expect("keys are strings"), value)
+                (key.str().unwrap_or_default(), value)
             })
             .filter(move |(k, _)| !(top && matches!(*k, ID | EVENT_TIME | META)))
     }
@@ -826,7 +852,8 @@ pub(crate) fn prepare_from_text(
     text: &[u8],
     ctx: &IngestContext,
 ) -> Option<Result<Document, String>> {
-    let tape = Tape::parse(text).ok()?;
+    let parsed = Parsed::parse(text).ok()?;
+    let tape = Tape::of(text, &parsed)?;
     let root = tape.root();
     if !root.is_object() {
         return None;
@@ -874,6 +901,7 @@ pub(crate) fn prepare_from_text(
         event_time,
         meta: ctx.meta.clone(),
         body: serde_json::Map::new(),
+        tape: Some(Arc::new(parsed)),
     }))
 }
 
@@ -900,24 +928,37 @@ fn to_value(v: V) -> Value {
 /// are taken from the document instead). `None` when a text is not on a tape the way the
 /// value path reads it; the caller then builds from the values.
 pub fn documents_to_batch_from_texts(docs: &[(&Document, &[u8])]) -> Option<RecordBatch> {
-    let tapes: Vec<Tape> = docs
+    // Documents prepared from their text bring its nodes along.
+    let fresh: Vec<Option<Parsed>> = docs
         .iter()
-        .map(|(_, text)| Tape::parse(text))
+        .map(|(d, text)| match &d.tape {
+            Some(p) if p.text_len == text.len() => Ok(None),
+            _ => Parsed::parse(text).map(Some),
+        })
         .collect::<Result<_, _>>()
         .ok()?;
+    let tapes: Vec<Tape> = docs
+        .iter()
+        .zip(&fresh)
+        .map(|((d, text), fresh)| match (fresh, &d.tape) {
+            (Some(p), _) => Tape::of(text, p),
+            (None, Some(p)) => Tape::of(text, p.as_ref()),
+            (None, None) => None,
+        })
+        .collect::<Option<_>>()?;
     if tapes.iter().any(|t| !t.root().is_object()) {
         return None;
     }
-    let roots: Vec<Option<Obj>> = tapes.iter().map(|t| Some((t.root(), true))).collect();
-    let mut body_type = DataType::Struct(Fields::empty());
+    // One pass over the tapes where every path keeps one type (the usual case); where one
+    // does not, the types are inferred first and the columns built after.
+    let body = match one_pass(&tapes) {
+        Ok(body) => body,
+        Err(NotOnTape) => two_passes(&tapes)?,
+    };
     let mut meta_type = DataType::Null;
-    for (root, (d, _)) in roots.iter().zip(docs) {
-        widen_object(&mut body_type, root.expect("every document has a root")).ok()?;
+    for (d, _) in docs {
         types::widen(&mut meta_type, &d.meta);
     }
-    let DataType::Struct(body_fields) = body_type else {
-        unreachable!("widening keeps a struct a struct")
-    };
     let mut fields: Vec<Field> = vec![
         Field::new(ID, DataType::Utf8, false),
         Field::new(EVENT_TIME, types::event_time_type(), false),
@@ -936,15 +977,273 @@ pub fn documents_to_batch_from_texts(docs: &[(&Document, &[u8])]) -> Option<Reco
         columns.push(build_array(&metas, &meta_type));
         fields.push(Field::new(META, meta_type, true));
     }
-    let gathered = gather_fields(&roots, &body_fields).ok()?;
-    for (f, values) in body_fields.iter().zip(gathered) {
-        columns.push(build(&values, f.data_type()).ok()?);
-        fields.push(Field::new(f.name(), f.data_type().clone(), true));
+    for (f, column) in body {
+        fields.push(f);
+        columns.push(column);
     }
     let nulls: StringArray = tapes.iter().map(|t| null_pointers(t.root())).collect();
     columns.push(Arc::new(nulls));
     fields.push(Field::new(NULLS, DataType::Utf8, true));
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).ok()
+}
+
+/// The body columns by inferring the batch's types, then gathering and building each path.
+fn two_passes(tapes: &[Tape]) -> Option<Vec<(Field, ArrayRef)>> {
+    let roots: Vec<Option<Obj>> = tapes.iter().map(|t| Some((t.root(), true))).collect();
+    let mut body_type = DataType::Struct(Fields::empty());
+    for root in roots.iter().flatten() {
+        widen_object(&mut body_type, *root).ok()?;
+    }
+    let DataType::Struct(body_fields) = body_type else {
+        unreachable!("widening keeps a struct a struct")
+    };
+    let gathered = gather_fields(&roots, &body_fields).ok()?;
+    let mut out = Vec::with_capacity(body_fields.len());
+    for (f, values) in body_fields.iter().zip(gathered) {
+        out.push((
+            Field::new(f.name(), f.data_type().clone(), true),
+            build(&values, f.data_type()).ok()?,
+        ));
+    }
+    Some(out)
+}
+
+/// The body columns in one pass: each value is appended to its path's builder as the
+/// documents are read. A path whose values change type (which the value path stores as a
+/// variant, or as a wider type) is `NotOnTape`, and so is a key given twice.
+fn one_pass(tapes: &[Tape]) -> Result<Vec<(Field, ArrayRef)>, NotOnTape> {
+    let mut root = StructCol::new(0);
+    for t in tapes {
+        root.append_object((t.root(), true))?;
+    }
+    Ok(root
+        .fields
+        .into_iter()
+        .map(|(name, col)| {
+            let (dt, array) = col.finish();
+            (Field::new(name, dt, true), array)
+        })
+        .collect())
+}
+
+/// The builder of one path's column, typed by the first non-null value.
+enum Col {
+    /// Only nulls (or nothing) so far: this many.
+    Pending(usize),
+    Bool(BooleanBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Str(StringBuilder),
+    Struct(Box<StructCol>),
+    List(Box<ListCol>),
+}
+
+struct StructCol {
+    fields: Vec<(String, Col)>,
+    index: HashMap<String, usize>,
+    validity: BooleanBufferBuilder,
+}
+
+struct ListCol {
+    offsets: Vec<i32>,
+    validity: BooleanBufferBuilder,
+    item: Col,
+}
+
+impl StructCol {
+    fn new(nulls: usize) -> StructCol {
+        let mut validity = BooleanBufferBuilder::new(nulls.max(16));
+        validity.append_n(nulls, false);
+        StructCol {
+            fields: Vec::new(),
+            index: HashMap::new(),
+            validity,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.validity.len()
+    }
+
+    fn append_object(&mut self, obj: Obj) -> Result<(), NotOnTape> {
+        let row = self.len();
+        for (pos, (k, v)) in obj.0.pairs(obj.1).enumerate() {
+            // Documents of one stream mostly list their keys in one order.
+            let idx = match self.fields.get(pos) {
+                Some((name, _)) if name == k => pos,
+                _ => match self.index.get(k) {
+                    Some(&i) => i,
+                    None => {
+                        self.fields.push((k.to_owned(), Col::Pending(row)));
+                        self.index.insert(k.to_owned(), self.fields.len() - 1);
+                        self.fields.len() - 1
+                    }
+                },
+            };
+            let col = &mut self.fields[idx].1;
+            if col.len() != row {
+                return Err(NotOnTape); // the key was given twice
+            }
+            col.append(v)?;
+        }
+        for (_, col) in &mut self.fields {
+            if col.len() == row {
+                col.append_null();
+            }
+        }
+        self.validity.append(true);
+        Ok(())
+    }
+
+    fn append_null(&mut self) {
+        for (_, col) in &mut self.fields {
+            col.append_null();
+        }
+        self.validity.append(false);
+    }
+
+    fn finish(mut self) -> (DataType, ArrayRef) {
+        let len = self.len();
+        let validity = NullBuffer::new(self.validity.finish());
+        let (fields, children): (Vec<Field>, Vec<ArrayRef>) = self
+            .fields
+            .into_iter()
+            .map(|(name, col)| {
+                let (dt, array) = col.finish();
+                (Field::new(name, dt, true), array)
+            })
+            .unzip();
+        let fields = Fields::from(fields);
+        let array: ArrayRef = if fields.is_empty() {
+            Arc::new(StructArray::new_empty_fields(len, Some(validity)))
+        } else {
+            Arc::new(StructArray::new(fields.clone(), children, Some(validity)))
+        };
+        (DataType::Struct(fields), array)
+    }
+}
+
+impl ListCol {
+    fn new(nulls: usize) -> ListCol {
+        let mut validity = BooleanBufferBuilder::new(nulls.max(16));
+        validity.append_n(nulls, false);
+        ListCol {
+            offsets: vec![0; nulls + 1],
+            validity,
+            item: Col::Pending(0),
+        }
+    }
+
+    fn append_items(&mut self, v: V) -> Result<(), NotOnTape> {
+        for item in v.items() {
+            self.item.append(item)?;
+        }
+        self.offsets
+            .push(i32::try_from(self.item.len()).map_err(|_| NotOnTape)?);
+        self.validity.append(true);
+        Ok(())
+    }
+
+    fn append_null(&mut self) {
+        let last = *self.offsets.last().expect("offsets start with 0");
+        self.offsets.push(last);
+        self.validity.append(false);
+    }
+
+    fn finish(mut self) -> (DataType, ArrayRef) {
+        let validity = NullBuffer::new(self.validity.finish());
+        let (item_type, items) = self.item.finish();
+        let item = Arc::new(Field::new("item", item_type, true));
+        let array = ListArray::new(
+            item.clone(),
+            OffsetBuffer::new(self.offsets.into()),
+            items,
+            Some(validity),
+        );
+        (DataType::List(item), Arc::new(array))
+    }
+}
+
+impl Col {
+    fn len(&self) -> usize {
+        match self {
+            Col::Pending(n) => *n,
+            Col::Bool(b) => b.len(),
+            Col::Int(b) => b.len(),
+            Col::Float(b) => b.len(),
+            Col::Str(b) => b.len(),
+            Col::Struct(s) => s.len(),
+            Col::List(l) => l.offsets.len() - 1,
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            Col::Pending(n) => *n += 1,
+            Col::Bool(b) => b.append_null(),
+            Col::Int(b) => b.append_null(),
+            Col::Float(b) => b.append_null(),
+            Col::Str(b) => b.append_null(),
+            Col::Struct(s) => s.append_null(),
+            Col::List(l) => l.append_null(),
+        }
+    }
+
+    /// Appends a value; one of another type than the column's so far is `NotOnTape`.
+    fn append(&mut self, v: V) -> Result<(), NotOnTape> {
+        let node = v.node();
+        if let Col::Pending(n) = *self {
+            *self = match node {
+                Node::Null => Col::Pending(n),
+                Node::Bool(_) => {
+                    let mut b = BooleanBuilder::new();
+                    b.append_nulls(n);
+                    Col::Bool(b)
+                }
+                Node::Int(_) => {
+                    let mut b = Int64Builder::new();
+                    b.append_nulls(n);
+                    Col::Int(b)
+                }
+                Node::Float(_) => {
+                    let mut b = Float64Builder::new();
+                    b.append_nulls(n);
+                    Col::Float(b)
+                }
+                Node::Str { .. } => {
+                    let mut b = StringBuilder::new();
+                    b.append_nulls(n);
+                    Col::Str(b)
+                }
+                Node::Object { .. } => Col::Struct(Box::new(StructCol::new(n))),
+                Node::Array { .. } => Col::List(Box::new(ListCol::new(n))),
+                Node::UInt(_) => return Err(NotOnTape),
+            };
+        }
+        match (self, node) {
+            (col, Node::Null) => col.append_null(),
+            (Col::Bool(b), Node::Bool(x)) => b.append_value(x),
+            (Col::Int(b), Node::Int(x)) => b.append_value(x),
+            (Col::Float(b), Node::Float(x)) => b.append_value(x),
+            (Col::Str(b), Node::Str { .. }) => b.append_value(v.str().unwrap_or_default()),
+            (Col::Struct(s), Node::Object { .. }) => s.append_object((v, false))?,
+            (Col::List(l), Node::Array { .. }) => l.append_items(v)?,
+            _ => return Err(NotOnTape),
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> (DataType, ArrayRef) {
+        match self {
+            Col::Pending(n) => (DataType::Null, new_null_array(&DataType::Null, n)),
+            Col::Bool(mut b) => (DataType::Boolean, Arc::new(b.finish())),
+            Col::Int(mut b) => (DataType::Int64, Arc::new(b.finish())),
+            Col::Float(mut b) => (DataType::Float64, Arc::new(b.finish())),
+            Col::Str(mut b) => (DataType::Utf8, Arc::new(b.finish())),
+            Col::Struct(s) => s.finish(),
+            Col::List(l) => l.finish(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -966,6 +1265,7 @@ mod tests {
             event_time: 7,
             meta: json!({"source": "test"}),
             body,
+            tape: None,
         }
     }
 
@@ -981,6 +1281,43 @@ mod tests {
             .collect();
         let got = documents_to_batch_from_texts(&pairs)
             .unwrap_or_else(|| panic!("not built from the tape: {texts:?}"));
+        assert_batches_equal(&got, &want, texts);
+        // The two ways of building from tapes each agree with the value path on their own.
+        let parsed = parse_all(texts);
+        let tapes = tapes_of(texts, &parsed);
+        let body_of = |w: &RecordBatch| -> Vec<(Field, ArrayRef)> {
+            w.schema()
+                .fields()
+                .iter()
+                .zip(w.columns())
+                .filter(|(f, _)| !types::is_special(f.name()))
+                .map(|(f, c)| (f.as_ref().clone(), c.clone()))
+                .collect()
+        };
+        let want_body = body_of(&want);
+        let two = two_passes(&tapes).expect("two passes build every test document");
+        assert_bodies_equal(&two, &want_body, texts);
+        if let Ok(one) = one_pass(&tapes) {
+            assert_bodies_equal(&one, &want_body, texts);
+        }
+    }
+
+    fn parse_all(texts: &[&str]) -> Vec<Parsed> {
+        texts
+            .iter()
+            .map(|t| Parsed::parse(t.as_bytes()).unwrap())
+            .collect()
+    }
+
+    fn tapes_of<'a>(texts: &[&'a str], parsed: &'a [Parsed]) -> Vec<Tape<'a>> {
+        texts
+            .iter()
+            .zip(parsed)
+            .map(|(t, p)| Tape::of(t.as_bytes(), p).unwrap())
+            .collect()
+    }
+
+    fn assert_batches_equal(got: &RecordBatch, want: &RecordBatch, texts: &[&str]) {
         assert_eq!(got.schema(), want.schema(), "{texts:?}");
         for (i, (g, w)) in got.columns().iter().zip(want.columns()).enumerate() {
             assert_eq!(
@@ -989,6 +1326,47 @@ mod tests {
                 "column {} of {texts:?}",
                 want.schema().field(i).name()
             );
+        }
+    }
+
+    fn assert_bodies_equal(got: &[(Field, ArrayRef)], want: &[(Field, ArrayRef)], texts: &[&str]) {
+        let names = |b: &[(Field, ArrayRef)]| -> Vec<String> {
+            b.iter().map(|(f, _)| f.name().clone()).collect()
+        };
+        assert_eq!(names(got), names(want), "{texts:?}");
+        for ((gf, g), (wf, w)) in got.iter().zip(want) {
+            assert_eq!(gf, wf, "{texts:?}");
+            assert_eq!(
+                g.to_data(),
+                w.to_data(),
+                "column {} of {texts:?}",
+                wf.name()
+            );
+        }
+    }
+
+    #[test]
+    fn one_pass_builds_tweets_and_leaves_type_changes_to_two_passes() {
+        let texts = [
+            r#"{"a":1,"o":{"x":null},"l":[]}"#,
+            r#"{"o":{"x":"s","y":[1]},"a":2,"l":[{"k":true}]}"#,
+        ];
+        let parsed = parse_all(&texts);
+        assert!(one_pass(&tapes_of(&texts, &parsed)).is_ok());
+        for changed in [
+            r#"{"a":"one"}"#,
+            r#"{"a":1.5}"#,
+            r#"{"o":[1]}"#,
+            r#"{"a":18446744073709551615}"#,
+        ] {
+            let both = [texts[0], changed];
+            let parsed = parse_all(&both);
+            assert_eq!(
+                one_pass(&tapes_of(&both, &parsed)).err(),
+                Some(NotOnTape),
+                "{changed}"
+            );
+            assert_same(&[texts[0], changed]);
         }
     }
 
@@ -1006,8 +1384,8 @@ mod tests {
             ("1.5e3", Node::Float(1500.0)),
             ("0.1", Node::Float(0.1)),
         ] {
-            let tape = Tape::parse(text.as_bytes()).unwrap();
-            assert_eq!(tape.nodes, vec![want], "{text}");
+            let parsed = Parsed::parse(text.as_bytes()).unwrap();
+            assert_eq!(parsed.nodes, vec![want], "{text}");
             let value: Value = serde_json::from_str(text).unwrap();
             let agrees = match want {
                 Node::Int(n) => value.as_i64() == Some(n),
@@ -1045,11 +1423,22 @@ mod tests {
                 "serde_json takes {text:?}"
             );
             assert!(
-                Tape::parse(text.as_bytes()).is_err(),
+                Parsed::parse(text.as_bytes()).is_err(),
                 "the tape takes {text:?}"
             );
         }
-        assert!(Tape::parse(&[b'"', 0xff, b'"']).is_err());
+        assert!(Parsed::parse(&[b'"', 0xff, b'"']).is_err());
+        // Depth is counted as `value_depth` counts it, empty containers included.
+        let limit = tarn_common::limits::MAX_DOCUMENT_DEPTH;
+        for depth in [limit, limit + 1] {
+            let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            assert_eq!(crate::jsonscan::value_depth(text.as_bytes()), Ok(depth));
+            assert_eq!(
+                Parsed::parse(text.as_bytes()).is_ok(),
+                depth <= limit,
+                "{depth}"
+            );
+        }
     }
 
     #[test]

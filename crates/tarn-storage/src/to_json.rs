@@ -247,6 +247,7 @@ mod tests {
                 event_time: 0,
                 meta: Value::Null,
                 body: b.as_object().unwrap().clone(),
+                tape: None,
             })
             .collect();
         let batch = documents_to_batch(&docs);

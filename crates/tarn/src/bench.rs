@@ -10,7 +10,6 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use tarn_sql::{QueryEngine, QueryRequest};
 use tarn_storage::document::{IngestContext, prepare, prepare_text};
-use tarn_storage::jsonscan::value_depth;
 use tarn_storage::{CollectionOptions, DEFAULT_WORKSPACE, EventTimeInfo, SealPolicy, Storage};
 
 use crate::tweets::TweetGenerator;
@@ -188,12 +187,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                             .iter()
                             .map(|l| {
                                 Ok((
-                                    prepare_text(
-                                        l,
-                                        value_depth(l).map_err(|e| anyhow::anyhow!(e.message))?,
-                                        &ctx,
-                                    )
-                                    .map_err(anyhow::Error::msg)?,
+                                    prepare_text(l, &ctx)
+                                        .context("a generated tweet went the value path")?
+                                        .map_err(anyhow::Error::msg)?,
                                     l.to_vec(),
                                 ))
                             })
