@@ -174,7 +174,7 @@ enum SealerMsg {
 }
 
 struct SealJob {
-    new_segment: Option<Arc<Segment>>,
+    new_segments: Vec<Arc<Segment>>,
     bitmaps: Vec<(u64, Arc<DeleteBitmap>)>,
     dropped: Vec<u64>,
     manifest: Manifest,
@@ -922,31 +922,50 @@ impl Writer {
         Ok(new_id)
     }
 
-    /// Seals the mutable segment: merge, move the log to a new generation, hand to the sealer.
+    /// Seals the mutable segment: its full runs as they are, the others merged into one;
+    /// then moves the log to a new generation and hands the new segments to the sealer.
+    ///
+    /// Full runs (at least half of `MERGED_RUN_ROWS`, nothing deleted) are not copied into
+    /// one segment again: a copy of the whole mutable segment held the writer, and every
+    /// write waiting on it, for 150 ms and more at 20 MB/s. Segments of 8 to 16 thousand
+    /// rows are as good to scan, and prune finer.
     fn seal(&mut self) -> TarnResult<()> {
         self.mutable_since = None;
-        let new_segment = if self.mutable.is_empty() {
-            None
-        } else {
-            let ids = std::mem::take(&mut self.mutable);
-            let id = self.merge_segments(&ids, true)?;
-            self.state
-                .read()
-                .segments
-                .get(&id)
-                .map(|e| e.segment.clone())
+        let ids = std::mem::take(&mut self.mutable);
+        let (whole, rest): (Vec<u64>, Vec<u64>) = {
+            let s = self.state.read();
+            ids.iter().partition(|id| {
+                s.segments.get(id).is_some_and(|e| {
+                    e.deleted.is_empty() && e.segment.stats.rows >= MERGED_RUN_ROWS as u64 / 2
+                })
+            })
+        };
+        let mut sealed = whole;
+        if !rest.is_empty() {
+            sealed.push(self.merge_segments(&rest, true)?);
+        }
+        let new_segments: Vec<Arc<Segment>> = {
+            let mut s = self.state.write();
+            sealed
+                .iter()
+                .filter_map(|id| {
+                    let e = s.segments.get_mut(id)?;
+                    e.sealed = true;
+                    Some(e.segment.clone())
+                })
+                .collect()
         };
         let old_generation = self.wal.as_ref().map_or(self.wal_start, |w| w.generation);
         let next = old_generation + 1;
         self.wal = Some(WalWriter::open(&self.dir.join("wal"), next)?);
         self.wal_start = next;
-        self.send_manifest(new_segment, Vec::new(), next)
+        self.send_manifest(new_segments, Vec::new(), next)
     }
 
     /// Sends the sealer the current manifest, with the bitmaps that changed since last time.
     fn send_manifest(
         &mut self,
-        new_segment: Option<Arc<Segment>>,
+        new_segments: Vec<Arc<Segment>>,
         dropped: Vec<u64>,
         delete_wal_before: u64,
     ) -> TarnResult<()> {
@@ -981,7 +1000,7 @@ impl Writer {
         drop(s);
         self.sealer
             .send(SealerMsg::Persist(Box::new(SealJob {
-                new_segment,
+                new_segments,
                 bitmaps,
                 dropped,
                 manifest,
@@ -1040,7 +1059,7 @@ impl Writer {
                 self.persisted_bitmaps.remove(id);
             }
             let wal_start = self.wal_start;
-            if let Err(e) = self.send_manifest(None, dropped, wal_start) {
+            if let Err(e) = self.send_manifest(Vec::new(), dropped, wal_start) {
                 tracing::error!(error = %e, "cannot persist retention");
             }
         }
@@ -1089,7 +1108,7 @@ fn persist(
     prefix: &ObjectPath,
     job: SealJob,
 ) -> TarnResult<()> {
-    if let Some(seg) = &job.new_segment {
+    for seg in &job.new_segments {
         let bytes = encode_ipc(&seg.batch)?;
         let path = segment_object(prefix, seg.id);
         futures::executor::block_on(store.put(&path, bytes.into()))
@@ -1246,6 +1265,46 @@ mod tests {
         let c = open(dir.path(), policy);
         assert_eq!(live_ids(&c), before);
         assert_eq!(c.stats().doc_count, 34);
+    }
+
+    #[test]
+    fn sealing_keeps_full_runs_as_they_are_and_merges_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(dir.path(), SealPolicy::default());
+        // A run of MERGED_RUN_ROWS, one of half that with a row replaced later (the two are
+        // too large together to merge as runs), then small runs.
+        let half = MERGED_RUN_ROWS / 2;
+        for (batch, size) in [MERGED_RUN_ROWS, half].into_iter().enumerate() {
+            let values: Vec<Value> = (0..size)
+                .map(|i| json!({"_id": format!("{batch}-{i}"), "n": i}))
+                .collect();
+            c.insert_blocking(docs(&values), vec![]).unwrap();
+        }
+        for i in 0..5 {
+            c.insert_blocking(docs(&[json!({"_id": format!("s{i}"), "n": i})]), vec![])
+                .unwrap();
+        }
+        c.insert_blocking(docs(&[json!({"_id": "1-7", "n": "replaced"})]), vec![])
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(c.seal()).unwrap();
+        let want = (MERGED_RUN_ROWS + half) as u64 + 5;
+        let snap = c.snapshot();
+        let rows: Vec<u64> = snap.segments.iter().map(|e| e.segment.stats.rows).collect();
+        assert!(snap.segments.iter().all(|e| e.sealed), "{rows:?}");
+        // The clean full run is kept; the run with a replaced row and the small runs merge.
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(rows.contains(&(MERGED_RUN_ROWS as u64)), "{rows:?}");
+        assert_eq!(c.stats().doc_count, want);
+        let before = live_ids(&c);
+        assert_eq!(before.len() as u64, want);
+        c.close();
+        drop(c);
+        let c = open(dir.path(), SealPolicy::default());
+        assert_eq!(live_ids(&c), before);
+        assert_eq!(c.stats().sealed_segments, 2);
     }
 
     #[test]
