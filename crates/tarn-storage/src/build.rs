@@ -232,26 +232,37 @@ fn gather_fields<'a>(
     for (row, obj) in objects.iter().enumerate() {
         let Some(obj) = obj else { continue };
         for (pos, (k, v)) in obj.iter().enumerate() {
-            let idx = match fields.get(pos) {
-                Some(f) if f.name() == k => pos,
-                _ => {
-                    let index = by_name.get_or_insert_with(|| {
-                        fields
-                            .iter()
-                            .enumerate()
-                            .map(|(i, f)| (f.name().as_str(), i))
-                            .collect()
-                    });
-                    match index.get(k.as_str()) {
-                        Some(&i) => i,
-                        None => continue,
-                    }
-                }
+            let Some(idx) = field_index(fields, &mut by_name, pos, k) else {
+                continue;
             };
             columns[idx][row] = Some(v);
         }
     }
     columns
+}
+
+/// The index in `fields` of the key at position `pos` of an object: field `pos` when its
+/// name matches (objects of one stream mostly list their keys in one order), else by name
+/// through `by_name`, built on first need. `None` for a key not among `fields`.
+pub(crate) fn field_index<'f>(
+    fields: &'f Fields,
+    by_name: &mut Option<HashMap<&'f str, usize>>,
+    pos: usize,
+    key: &str,
+) -> Option<usize> {
+    match fields.get(pos) {
+        Some(f) if f.name() == key => Some(pos),
+        _ => by_name
+            .get_or_insert_with(|| {
+                fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (f.name().as_str(), i))
+                    .collect()
+            })
+            .get(key)
+            .copied(),
+    }
 }
 
 /// Wraps JSON texts as a variant array.

@@ -21,7 +21,7 @@ use arrow::datatypes::{DataType, Field, Fields, Schema};
 use arrow::record_batch::RecordBatch;
 use serde_json::Value;
 
-use crate::build::{build_array, variant_array};
+use crate::build::{build_array, field_index, variant_array};
 use crate::document::{Document, IngestContext};
 use crate::types::{self, EVENT_TIME, ID, META, NULLS};
 
@@ -605,21 +605,8 @@ fn gather_fields<'t>(
     for (row, obj) in objects.iter().enumerate() {
         let Some(obj) = obj else { continue };
         for (pos, (k, v)) in obj.0.pairs(obj.1).enumerate() {
-            let idx = match fields.get(pos) {
-                Some(f) if f.name() == k => pos,
-                _ => {
-                    let index = by_name.get_or_insert_with(|| {
-                        fields
-                            .iter()
-                            .enumerate()
-                            .map(|(i, f)| (f.name().as_str(), i))
-                            .collect()
-                    });
-                    match index.get(k) {
-                        Some(&i) => i,
-                        None => continue,
-                    }
-                }
+            let Some(idx) = field_index(fields, &mut by_name, pos, k) else {
+                continue;
             };
             let slot = &mut columns[idx][row];
             if slot.is_some() {
