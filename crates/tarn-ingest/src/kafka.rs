@@ -29,8 +29,8 @@ use crate::kinesis::StartPosition;
 use crate::pipeline::{RawRecord, SourceSink};
 
 const MAX_BATCH: usize = 5_000;
-/// How long a batch waits for more messages after its first: bounds the added latency.
-const BATCH_WINDOW: Duration = Duration::from_millis(15);
+/// A source with nothing to read for this long shows as idle.
+const IDLE_AFTER: Duration = Duration::from_millis(500);
 const LAG_EVERY: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -260,35 +260,62 @@ async fn consume(
             }
         }
     }));
+    // The next batch gathers while the previous one is stored: a batch holds what arrived
+    // during one store, so a slow stream is stored message by message (low latency) and a
+    // fast one in large batches (few log records), with no fixed window to wait out. Only
+    // one store is in flight, so positions are stored in order, and a failed store ends
+    // this consumer before anything after it is stored.
+    let mut batch: Vec<(i32, i64, Option<Vec<u8>>)> = Vec::new();
+    let mut storing: Option<StoreFuture<'_>> = None;
     loop {
-        let first = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await;
-        let mut batch: Vec<(i32, i64, Option<Vec<u8>>)> = Vec::new();
-        match first {
-            Err(_) => sink.status.idle(),
-            Ok(Err(e)) => {
+        let event = tokio::select! {
+            done = async { storing.as_mut().expect("guarded by the condition").await },
+                if storing.is_some() => Event::Stored(done),
+            m = consumer.recv(), if batch.len() < MAX_BATCH => match m {
+                Ok(m) => {
+                    batch.push((m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
+                    Event::Received
+                }
+                Err(e) => Event::Failed(e),
+            },
+            _ = tokio::time::sleep(IDLE_AFTER), if storing.is_none() && batch.is_empty() => Event::Idle,
+        };
+        match event {
+            Event::Stored(done) => {
+                storing = None;
+                let (records, started) = done?;
+                tracing::debug!(%topic, records, store_ms = started.elapsed().as_secs_f64() * 1e3, "batch stored");
+            }
+            Event::Received => {}
+            Event::Failed(e) => {
                 // Broker errors are often transient; librdkafka reconnects by itself.
                 sink.status.error(format!("Kafka topic '{topic}': {e}"));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Ok(Ok(m)) => {
-                batch.push((m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
-                let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
-                while batch.len() < MAX_BATCH {
-                    match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                        Ok(Ok(m)) => {
-                            batch.push((m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)))
-                        }
-                        _ => break,
-                    }
-                }
-            }
+            Event::Idle => sink.status.idle(),
         }
-        if !batch.is_empty() {
-            let (records, collected) = (batch.len(), Instant::now());
-            store_batch(sink, &consumer, &topic, &positions, batch).await?;
-            tracing::debug!(%topic, records, store_ms = collected.elapsed().as_secs_f64() * 1e3, "batch stored");
+        if storing.is_none() && !batch.is_empty() {
+            let batch = std::mem::take(&mut batch);
+            let (sink, consumer, topic, positions) = (sink, &consumer, &topic, &positions);
+            storing = Some(Box::pin(async move {
+                let (records, started) = (batch.len(), Instant::now());
+                store_batch(sink, consumer, topic, positions, batch).await?;
+                Ok((records, started))
+            }));
         }
     }
+}
+
+/// A batch being stored: how many messages it had and when its store began.
+type StoreFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<(usize, Instant), String>> + Send + 'a>>;
+
+/// What woke the consuming loop.
+enum Event {
+    Stored(Result<(usize, Instant), String>),
+    Received,
+    Failed(rdkafka::error::KafkaError),
+    Idle,
 }
 
 async fn store_batch(

@@ -3,14 +3,16 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{and, filter_record_batch, prep_null_mask_filter};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::catalog::Session;
-use datafusion::common::{DataFusionError, Result};
+use datafusion::common::{DFSchema, DataFusionError, Result};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 use tarn_storage::Snapshot;
 use tarn_storage::adapt::adapt_batch;
 
@@ -74,6 +76,12 @@ impl datafusion::catalog::TableProvider for CollectionTable {
             None => schema.clone(),
         };
         let cutoff = self.snapshot.retention_cutoff;
+        // An optimization only: where the filter cannot be planned here, DataFusion's own
+        // filter still applies after the scan.
+        let row_filter = RowFilter::new(state, &schema, filters).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "filters not applied in the scan");
+            None
+        });
         let mut batches: Vec<RecordBatch> = Vec::new();
         for entry in &self.snapshot.segments {
             let stats = &entry.segment.stats;
@@ -83,12 +91,11 @@ impl datafusion::catalog::TableProvider for CollectionTable {
             {
                 continue;
             }
-            let mut mask: Option<datafusion::arrow::array::BooleanArray> =
+            let segment = &entry.segment.batch;
+            let mut mask: Option<BooleanArray> =
                 (!entry.deleted.is_empty()).then(|| entry.deleted.keep_mask(stats.rows as usize));
             if let Some(c) = cutoff.filter(|c| stats.min_event_time < *c) {
-                let et = entry
-                    .segment
-                    .batch
+                let et = segment
                     .column_by_name(tarn_storage::types::EVENT_TIME)
                     .ok_or_else(|| {
                         DataFusionError::Internal("segment without _event_time".into())
@@ -101,14 +108,33 @@ impl datafusion::catalog::TableProvider for CollectionTable {
                     ),
                 )?;
                 mask = Some(match mask {
-                    Some(m) => datafusion::arrow::compute::and(&m, &keep)?,
+                    Some(m) => and(&m, &keep)?,
                     None => keep,
                 });
             }
-            let mut batch = adapt_batch(&entry.segment.batch, &projected).map_err(internal)?;
-            if let Some(m) = mask {
-                batch = datafusion::arrow::compute::filter_record_batch(&batch, &m)?;
+            if let Some(keep) = row_filter.as_ref().and_then(|f| f.keep(segment)) {
+                mask = Some(match mask {
+                    Some(m) => and(&m, &keep)?,
+                    None => keep,
+                });
             }
+            // Rows are dropped before the projected columns are adapted, so a narrow
+            // time window copies and adapts its few rows, not its segments' thousands.
+            let mut rows = segment.clone();
+            if let Some(m) = mask.filter(|m| m.true_count() < m.len()) {
+                if m.true_count() == 0 {
+                    continue;
+                }
+                let keep: Vec<usize> = (0..segment.num_columns())
+                    .filter(|&i| {
+                        let name = segment.schema_ref().field(i).name();
+                        name == tarn_storage::types::NULLS
+                            || projected.column_with_name(name).is_some()
+                    })
+                    .collect();
+                rows = filter_record_batch(&segment.project(&keep)?, &m)?;
+            }
+            let batch = adapt_batch(&rows, &projected).map_err(internal)?;
             if batch.num_rows() > 0 {
                 batches.push(batch);
             }
@@ -127,5 +153,67 @@ impl datafusion::catalog::TableProvider for CollectionTable {
             projected,
             None,
         )?)
+    }
+}
+
+/// The pushed-down filters that read only scalar top-level columns, evaluated on each
+/// segment's own rows so that the scan drops what they reject before it adapts and copies
+/// the wide columns (a tweet's `user` and `entities` structs). DataFusion still applies
+/// every filter after the scan; this only saves it the rows that cannot pass.
+struct RowFilter {
+    expr: Arc<dyn PhysicalExpr>,
+    /// The columns `expr` reads, as the collection schema types them.
+    columns: SchemaRef,
+}
+
+impl RowFilter {
+    fn new(state: &dyn Session, schema: &SchemaRef, filters: &[Expr]) -> Result<Option<Self>> {
+        let scalar = |name: &str| {
+            schema.field_with_name(name).is_ok_and(|f| {
+                !matches!(
+                    f.data_type(),
+                    DataType::Struct(_) | DataType::List(_) | DataType::Map(_, _)
+                )
+            })
+        };
+        let usable: Vec<Expr> = filters
+            .iter()
+            .filter(|f| {
+                !f.is_volatile()
+                    && f.column_refs()
+                        .iter()
+                        .all(|c| c.relation.is_none() && scalar(&c.name))
+            })
+            .cloned()
+            .collect();
+        let Some(expr) = conjunction(usable) else {
+            return Ok(None);
+        };
+        let mut names: Vec<String> = expr.column_refs().iter().map(|c| c.name.clone()).collect();
+        names.sort();
+        names.dedup();
+        let fields: Vec<_> = names
+            .iter()
+            .map(|n| schema.field_with_name(n).cloned())
+            .collect::<std::result::Result<_, _>>()?;
+        let columns: SchemaRef = Arc::new(Schema::new(fields));
+        let df_schema = DFSchema::try_from(columns.as_ref().clone())?;
+        let expr = state.create_physical_expr(expr, &df_schema)?;
+        Ok(Some(RowFilter { expr, columns }))
+    }
+
+    /// Which rows of `segment` may pass; `None` when that cannot be told here (the filter
+    /// fails on these rows, say): then all of them go on to DataFusion, which decides.
+    fn keep(&self, segment: &RecordBatch) -> Option<BooleanArray> {
+        let input = adapt_batch(segment, &self.columns).ok()?;
+        let value = self.expr.evaluate(&input).ok()?;
+        let array = value.into_array(input.num_rows()).ok()?;
+        let keep = array.as_any().downcast_ref::<BooleanArray>()?;
+        // A row the filter makes NULL does not pass it either.
+        Some(if keep.null_count() > 0 {
+            prep_null_mask_filter(keep)
+        } else {
+            keep.clone()
+        })
     }
 }

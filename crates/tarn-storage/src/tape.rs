@@ -252,6 +252,7 @@ impl Parser<'_> {
     /// A string whose opening quote was read.
     fn string(&mut self) -> Result<Node, NotOnTape> {
         let start = self.i;
+        self.i = plain_run_end(self.s, self.i);
         loop {
             match self.peek().ok_or(NotOnTape)? {
                 b'"' => {
@@ -298,12 +299,7 @@ impl Parser<'_> {
                 _ => {
                     // Copy the run up to the next quote or escape at once.
                     let run_start = self.i - 1;
-                    while let Some(b) = self.peek() {
-                        if b == b'"' || b == b'\\' || b < 0x20 {
-                            break;
-                        }
-                        self.i += 1;
-                    }
+                    self.i = plain_run_end(self.s, self.i);
                     let run =
                         std::str::from_utf8(&self.s[run_start..self.i]).map_err(|_| NotOnTape)?;
                     self.unescaped.push_str(run);
@@ -769,13 +765,74 @@ fn write_json(v: V, out: &mut Vec<u8>) -> Result<(), NotOnTape> {
     Ok(())
 }
 
+/// The index of the first byte at or after `i` that ends a plain run of string text: a
+/// quote, a backslash or a control character (`s.len()` if none). Eight bytes at a time:
+/// tweets' strings are long, and this scan was the parser's largest cost.
+fn plain_run_end(s: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte of `x` below `n`. Borrows can flag bytes above the first
+    // true one, never below it, so the lowest flag is exact.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * n as u64) & !x & HIGHS;
+    while let Some(chunk) = s.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let flags = below(w ^ (ONES * b'"' as u64), 1)
+            | below(w ^ (ONES * b'\\' as u64), 1)
+            | below(w, 0x20);
+        if flags != 0 {
+            return i + (flags.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&b) = s.get(i) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
 /// As [`crate::build::null_pointers`], over a document's top level. The path of a null is
 /// spelled out only when one is found.
 fn null_pointers(root: V) -> Option<String> {
-    let mut out: Vec<String> = Vec::new();
+    let mut out = String::new();
     let mut path: Vec<PathStep> = Vec::new();
     object_nulls((root, true), &mut path, &mut out);
-    (!out.is_empty()).then(|| serde_json::to_string(&out).expect("strings serialize"))
+    (!out.is_empty()).then(|| {
+        out.push(']');
+        out
+    })
+}
+
+/// Appends the pointer of `path` to `out`, the text of a JSON array of strings being
+/// written, exactly as serde_json writes it. Most keys need no escaping of either kind and
+/// are copied as they are; the others are spelled out and escaped by serde_json.
+fn push_pointer_item(path: &[PathStep], out: &mut String) {
+    out.push(if out.is_empty() { '[' } else { ',' });
+    let plain = path.iter().all(|step| match step {
+        PathStep::Key(k) => !k
+            .bytes()
+            .any(|b| matches!(b, b'~' | b'/' | b'"' | b'\\' | 0..=0x1f)),
+        PathStep::Index(_) => true,
+    });
+    if !plain {
+        let item = serde_json::to_string(&pointer(path)).expect("strings serialize");
+        out.push_str(&item);
+        return;
+    }
+    out.push('"');
+    for step in path {
+        out.push('/');
+        match step {
+            PathStep::Key(k) => out.push_str(k),
+            PathStep::Index(i) => {
+                use std::fmt::Write;
+                let _ = write!(out, "{i}");
+            }
+        }
+    }
+    out.push('"');
 }
 
 #[derive(Clone, Copy)]
@@ -798,12 +855,12 @@ fn pointer(path: &[PathStep]) -> String {
     s
 }
 
-fn object_nulls<'t>((v, top): Obj<'t>, path: &mut Vec<PathStep<'t>>, out: &mut Vec<String>) {
+fn object_nulls<'t>((v, top): Obj<'t>, path: &mut Vec<PathStep<'t>>, out: &mut String) {
     for (k, value) in v.pairs(top) {
         match value.node() {
             Node::Null => {
                 path.push(PathStep::Key(k));
-                out.push(pointer(path));
+                push_pointer_item(path, out);
                 path.pop();
             }
             Node::Object { .. } | Node::Array { .. } => {
@@ -816,7 +873,7 @@ fn object_nulls<'t>((v, top): Obj<'t>, path: &mut Vec<PathStep<'t>>, out: &mut V
     }
 }
 
-fn nested_nulls<'t>(v: V<'t>, path: &mut Vec<PathStep<'t>>, out: &mut Vec<String>) {
+fn nested_nulls<'t>(v: V<'t>, path: &mut Vec<PathStep<'t>>, out: &mut String) {
     match v.node() {
         Node::Object { .. } => object_nulls((v, false), path, out),
         Node::Array { .. } => {
@@ -1027,7 +1084,7 @@ enum Col {
 
 struct StructCol {
     fields: Vec<(String, Col)>,
-    index: HashMap<String, usize>,
+    index: HashMap<String, usize, foldhash::quality::RandomState>,
     validity: BooleanBufferBuilder,
 }
 
@@ -1043,7 +1100,7 @@ impl StructCol {
         validity.append_n(nulls, false);
         StructCol {
             fields: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             validity,
         }
     }
@@ -1054,10 +1111,12 @@ impl StructCol {
 
     fn append_object(&mut self, obj: Obj) -> Result<(), NotOnTape> {
         let row = self.len();
-        for (pos, (k, v)) in obj.0.pairs(obj.1).enumerate() {
-            // Documents of one stream mostly list their keys in one order.
-            let idx = match self.fields.get(pos) {
-                Some((name, _)) if name == k => pos,
+        // Documents of one stream mostly list their keys in one order, some of them left
+        // out: the field after the last one matched is the likely next.
+        let mut expected = 0;
+        for (k, v) in obj.0.pairs(obj.1) {
+            let idx = match self.fields.get(expected) {
+                Some((name, _)) if name == k => expected,
                 _ => match self.index.get(k) {
                     Some(&i) => i,
                     None => {
@@ -1067,6 +1126,7 @@ impl StructCol {
                     }
                 },
             };
+            expected = idx + 1;
             let col = &mut self.fields[idx].1;
             if col.len() != row {
                 return Err(NotOnTape); // the key was given twice
@@ -1435,6 +1495,7 @@ mod tests {
             r#"{"a":2,"u":{"k":[1,2],"n":"y"},"m":"one","_event_time":5,"l":[],"e":{},"v":[1,"x",{"q":null}]}"#,
             r#"{"_meta":{"x":1},"a":null,"big":18446744073709551615,"f":-0,"x/y~z":null,"arr":[[null,{"n":null}]]}"#,
             r#" { "w" : 1.25 , "f" : 2.5e-3 } "#,
+            r#"{"q\"\n\u0001":null,"é":{"\\":[null]},"t":{"a":null,"b/":null}}"#,
         ]);
     }
 
@@ -1493,6 +1554,25 @@ mod tests {
                     .prop_map(|kv| Value::Object(kv.into_iter().collect())),
             ]
         })
+    }
+
+    proptest! {
+        #[test]
+        fn plain_runs_end_where_a_byte_by_byte_scan_ends_them(
+            // Mostly plain bytes, with quotes, backslashes, control bytes and bytes at and
+            // around the boundaries (0x1f, 0x20, 0x7f, 0x80) mixed in at random places.
+            bytes in prop::collection::vec(
+                prop_oneof![8 => 0x21u8..0x7f, 1 => Just(b'"'), 1 => Just(b'\\'),
+                            1 => 0u8..0x20, 1 => Just(0x20u8), 1 => 0x7fu8..=0xff],
+                0..40),
+            start in 0usize..40,
+        ) {
+            let start = start.min(bytes.len());
+            let naive = (start..bytes.len())
+                .find(|&i| matches!(bytes[i], b'"' | b'\\' | 0..=0x1f))
+                .unwrap_or(bytes.len());
+            prop_assert_eq!(plain_run_end(&bytes, start), naive);
+        }
     }
 
     proptest! {
