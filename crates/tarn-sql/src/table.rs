@@ -114,32 +114,29 @@ impl datafusion::catalog::TableProvider for CollectionTable {
                             .with_timezone("UTC"),
                     ),
                 )?;
-                mask = Some(match mask {
-                    Some(m) => and(&m, &keep)?,
-                    None => keep,
-                });
+                mask = both(mask, keep)?;
             }
             if let Some(keep) = row_filter.as_ref().and_then(|f| f.keep(segment)) {
-                mask = Some(match mask {
-                    Some(m) => and(&m, &keep)?,
-                    None => keep,
-                });
+                mask = both(mask, keep)?;
             }
             // Rows are dropped before the projected columns are adapted, so a narrow
             // time window copies and adapts its few rows, not its segments' thousands.
             let mut rows = segment.clone();
-            if let Some(m) = mask.filter(|m| m.true_count() < m.len()) {
-                if m.true_count() == 0 {
+            if let Some(m) = mask {
+                let kept = m.true_count();
+                if kept == 0 {
                     continue;
                 }
-                let keep: Vec<usize> = (0..segment.num_columns())
-                    .filter(|&i| {
-                        let name = segment.schema_ref().field(i).name();
-                        name == tarn_storage::types::NULLS
-                            || projected.column_with_name(name).is_some()
-                    })
-                    .collect();
-                rows = filter_record_batch(&segment.project(&keep)?, &m)?;
+                if kept < m.len() {
+                    let keep: Vec<usize> = (0..segment.num_columns())
+                        .filter(|&i| {
+                            let name = segment.schema_ref().field(i).name();
+                            name == tarn_storage::types::NULLS
+                                || projected.column_with_name(name).is_some()
+                        })
+                        .collect();
+                    rows = filter_record_batch(&segment.project(&keep)?, &m)?;
+                }
             }
             let batch = adapt_batch(&rows, &projected).map_err(internal)?;
             if batch.num_rows() > 0 {
@@ -250,6 +247,14 @@ impl ExecutionPlan for SegmentsExec {
             None => self.total.clone(),
         })
     }
+}
+
+/// Rows both masks keep; `keep` alone when there is no mask yet.
+fn both(mask: Option<BooleanArray>, keep: BooleanArray) -> Result<Option<BooleanArray>> {
+    Ok(Some(match mask {
+        Some(m) => and(&m, &keep)?,
+        None => keep,
+    }))
 }
 
 /// The pushed-down filters that read only scalar top-level columns, evaluated on each

@@ -679,6 +679,14 @@ impl Merger {
     }
 }
 
+/// The current entries of segments `ids` (those still there), for a merge to read.
+fn entries_of(state: &RwLock<State>, ids: &[u64]) -> Vec<SegmentEntry> {
+    let s = state.read();
+    ids.iter()
+        .filter_map(|id| s.segments.get(id).cloned())
+        .collect()
+}
+
 /// The live rows of `entries` in one batch, under the union of their schemas, with
 /// statistics from theirs.
 fn merge_entries(entries: &[SegmentEntry]) -> TarnResult<(RecordBatch, SegmentStats)> {
@@ -948,12 +956,7 @@ impl Writer {
                 if merger.busy {
                     return;
                 }
-                let entries: Vec<SegmentEntry> = {
-                    let s = self.state.read();
-                    ids.iter()
-                        .filter_map(|id| s.segments.get(id).cloned())
-                        .collect()
-                };
+                let entries = entries_of(&self.state, &ids);
                 merger.busy = merger.jobs.send(entries).is_ok();
                 return;
             }
@@ -994,13 +997,7 @@ impl Writer {
 
     /// Replaces segments by one holding their live rows, on this thread; returns the new id.
     fn merge_segments(&mut self, ids: &[u64], sealed: bool) -> TarnResult<u64> {
-        let entries: Vec<SegmentEntry> = {
-            let s = self.state.read();
-            ids.iter()
-                .filter_map(|id| s.segments.get(id).cloned())
-                .collect()
-        };
-        let (batch, stats) = merge_entries(&entries)?;
+        let (batch, stats) = merge_entries(&entries_of(&self.state, ids))?;
         Ok(self.install_merge(ids, batch, stats, sealed))
     }
 
