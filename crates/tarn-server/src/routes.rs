@@ -473,7 +473,12 @@ async fn collection_schema(
     Path((ws, name)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     let (_, c) = st.storage.get_collection(&ws, &name)?;
-    let fields = tarn_storage::summary::field_summary(&c.snapshot());
+    // Sealed segments' columns are decoded from their files: off the serving workers.
+    let snapshot = c.snapshot();
+    let fields =
+        tokio::task::spawn_blocking(move || tarn_storage::summary::field_summary(&snapshot))
+            .await
+            .map_err(|e| TarnError::internal(format!("the schema summary failed: {e}")))??;
     Ok(Json(json!({"data": fields})))
 }
 

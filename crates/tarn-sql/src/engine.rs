@@ -122,6 +122,7 @@ impl QueryEngine {
         );
         crate::functions::register(&ctx);
         crate::pgcatalog::register_with_storage(&ctx, &storage);
+        ctx.add_optimizer_rule(Arc::new(crate::subfields::NarrowStructScans));
         QueryEngine { ctx, storage }
     }
 
@@ -191,6 +192,13 @@ impl QueryEngine {
                 .map(|(_, c)| c.schema())
         };
         dialect_layer(sql, params, &resolve)
+    }
+
+    /// The optimized logical plan of `sql`, as it would run.
+    pub async fn optimized_plan(&self, sql: &str) -> TarnResult<LogicalPlan> {
+        let (df, _) = self.plan(sql, &[]).await?;
+        df.into_optimized_plan()
+            .map_err(|e| query_error(e, sql, &Known::default()))
     }
 
     /// Runs the dialect layer, then plans through DataFusion.

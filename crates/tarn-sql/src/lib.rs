@@ -9,6 +9,7 @@ pub mod paths;
 pub mod pgcatalog;
 pub mod prune;
 pub mod rewrite;
+pub mod subfields;
 pub mod table;
 
 pub use engine::{ColumnField, QueryEngine, QueryOutput, QueryRequest};

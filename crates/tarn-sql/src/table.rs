@@ -1,5 +1,6 @@
 //! The DataFusion table of a collection: a snapshot of its segments, adapted to one schema.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -22,6 +23,7 @@ use datafusion::physical_plan::{
 };
 use tarn_storage::Snapshot;
 use tarn_storage::adapt::adapt_batch;
+use tarn_storage::layout::Subfields;
 
 use crate::prune::may_match;
 
@@ -36,6 +38,9 @@ pub struct CollectionTable {
     pub workspace: String,
     pub name: String,
     snapshot: Snapshot,
+    /// Struct columns of which the query reads only some fields (set by
+    /// [`crate::subfields::NarrowStructScans`]); the scan returns the others as nulls.
+    subfields: Arc<HashMap<String, Subfields>>,
 }
 
 impl CollectionTable {
@@ -44,6 +49,21 @@ impl CollectionTable {
             workspace,
             name,
             snapshot,
+            subfields: Arc::default(),
+        }
+    }
+
+    pub fn subfields(&self) -> &HashMap<String, Subfields> {
+        &self.subfields
+    }
+
+    /// The same snapshot, read with only these fields of these struct columns.
+    pub fn with_subfields(&self, subfields: HashMap<String, Subfields>) -> Self {
+        CollectionTable {
+            workspace: self.workspace.clone(),
+            name: self.name.clone(),
+            snapshot: self.snapshot.clone(),
+            subfields: Arc::new(subfields),
         }
     }
 }
@@ -98,7 +118,21 @@ impl datafusion::catalog::TableProvider for CollectionTable {
             {
                 continue;
             }
-            let segment = &entry.segment.batch;
+            // Only the columns this scan touches: a sealed segment decodes just those.
+            let segment = &entry
+                .segment
+                .read_fields(
+                    |name| {
+                        name == tarn_storage::types::NULLS
+                            || (cutoff.is_some() && name == tarn_storage::types::EVENT_TIME)
+                            || projected.column_with_name(name).is_some()
+                            || row_filter
+                                .as_ref()
+                                .is_some_and(|f| f.columns.column_with_name(name).is_some())
+                    },
+                    &self.subfields,
+                )
+                .map_err(internal)?;
             let mut mask: Option<BooleanArray> =
                 (!entry.deleted.is_empty()).then(|| entry.deleted.keep_mask(stats.rows as usize));
             if let Some(c) = cutoff.filter(|c| stats.min_event_time < *c) {

@@ -10,7 +10,8 @@
 //! When the mutable segment grows past a size or an age it is sealed: its runs are merged into
 //! one segment, the log moves to a new generation, and the sealer thread writes the segment
 //! (Arrow IPC through `object_store`), the changed deletion bitmaps and a new manifest, and
-//! only then deletes the old log generation.
+//! only then deletes the old log generation. Once its file is durable a sealed segment's
+//! columns leave memory: queries read them from the file through the column cache.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use tokio::sync::oneshot;
 use crate::adapt::{adapt_batch, arrow_error};
 use crate::build::documents_to_batch_parallel;
 use crate::document::{Document, EventTimeInfo};
-use crate::segment::{DeleteBitmap, Segment, SegmentStats, decode_ipc, encode_ipc};
+use crate::segment::{DeleteBitmap, Segment, SegmentFile, SegmentStats, encode_ipc};
 use crate::types::{self, ID};
 use crate::wal::{self, LoggedDoc, WalRecord, WalWriter};
 
@@ -216,6 +217,12 @@ fn segment_object(prefix: &ObjectPath, id: u64) -> ObjectPath {
         .join(format!("{id:016}.arrow"))
 }
 
+/// Where the local store puts segment `id` (its object is [`segment_object`]); sealed
+/// segments are mapped from there.
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join("segments").join(format!("{id:016}.arrow"))
+}
+
 fn bitmap_path(dir: &Path, id: u64) -> PathBuf {
     dir.join("segments").join(format!("{id:016}.del"))
 }
@@ -353,30 +360,13 @@ impl Collection {
         let mut index = IdIndex::default();
         let mut live_docs = 0;
         for ms in &manifest.segments {
-            let bytes = futures::executor::block_on(async {
-                store
-                    .get(&segment_object(&prefix, ms.id))
-                    .await?
-                    .bytes()
-                    .await
-            })
-            .map_err(|e| {
-                TarnError::internal(format!(
-                    "cannot read segment {} of {}: {e}",
-                    ms.id,
-                    dir.display()
-                ))
-            })?;
-            let batch = decode_ipc(bytes)?;
+            let segment =
+                Segment::open_stored(ms.id, &segment_path(&dir, ms.id), ms.stats.clone())?;
             let deleted = match std::fs::read(bitmap_path(&dir, ms.id)) {
                 Ok(b) => DeleteBitmap::from_bytes(&b),
                 Err(_) => DeleteBitmap::default(),
             };
-            let ids = batch
-                .column_by_name(ID)
-                .ok_or_else(|| TarnError::internal("segment without _id"))?
-                .as_string::<i32>()
-                .clone();
+            let ids = segment.ids()?;
             for row in 0..ids.len() {
                 if !deleted.contains(row) {
                     index.insert(
@@ -388,12 +378,7 @@ impl Collection {
                     );
                 }
             }
-            schema = types::merge_schemas(&schema, &batch.schema());
-            let segment = Arc::new(Segment {
-                id: ms.id,
-                batch,
-                stats: ms.stats.clone(),
-            });
+            schema = types::merge_schemas(&schema, &segment.schema());
             live_docs += segment.stats.rows - deleted.count() as u64;
             segments.insert(
                 ms.id,
@@ -691,12 +676,19 @@ fn entries_of(state: &RwLock<State>, ids: &[u64]) -> Vec<SegmentEntry> {
 /// statistics from theirs.
 fn merge_entries(entries: &[SegmentEntry]) -> TarnResult<(RecordBatch, SegmentStats)> {
     let mut schema: SchemaRef = Arc::new(Schema::empty());
-    for e in entries {
-        schema = types::merge_schemas(&schema, &e.segment.batch.schema());
+    let inputs: Vec<RecordBatch> = entries
+        .iter()
+        .map(|e| match e.segment.resident() {
+            Some(b) => Ok(b),
+            None => e.segment.read_all(),
+        })
+        .collect::<TarnResult<_>>()?;
+    for b in &inputs {
+        schema = types::merge_schemas(&schema, &b.schema());
     }
     let mut batches = Vec::with_capacity(entries.len());
-    for e in entries {
-        let mut b = adapt_batch(&e.segment.batch, &schema)?;
+    for (e, b) in entries.iter().zip(&inputs) {
+        let mut b = adapt_batch(b, &schema)?;
         if !e.deleted.is_empty() {
             b = arrow::compute::filter_record_batch(&b, &e.deleted.keep_mask(b.num_rows()))
                 .map_err(arrow_error)?;
@@ -903,7 +895,7 @@ impl Writer {
         {
             let mut s = self.state.write();
             let replaced_elsewhere = mark_deleted(&mut s, &elsewhere);
-            s.schema = types::merge_schemas(&s.schema, &segment.batch.schema());
+            s.schema = types::merge_schemas(&s.schema, &segment.schema());
             s.segments.insert(
                 seg_id,
                 SegmentEntry {
@@ -1012,16 +1004,12 @@ impl Writer {
     ) -> u64 {
         let new_id = self.next_segment_id;
         self.next_segment_id += 1;
-        let segment = Arc::new(Segment {
-            id: new_id,
-            batch,
-            stats,
-        });
-        let ids_col = segment
-            .batch
+        let ids_col = batch
             .column_by_name(ID)
             .expect("segments have _id")
-            .as_string::<i32>();
+            .as_string::<i32>()
+            .clone();
+        let segment = Segment::with_stats(new_id, batch, stats);
         for row in 0..ids_col.len() {
             let loc = Loc {
                 segment: new_id,
@@ -1209,12 +1197,13 @@ impl Writer {
             }
         }
         for e in &expired {
-            let ids = e
-                .segment
-                .batch
-                .column_by_name(ID)
-                .expect("segments have _id")
-                .as_string::<i32>();
+            let ids = match e.segment.ids() {
+                Ok(ids) => ids,
+                Err(err) => {
+                    tracing::error!(collection = %self.dir.display(), error = %err, "cannot read the ids of a segment past retention; they stay indexed");
+                    continue;
+                }
+            };
             for row in 0..ids.len() {
                 if self
                     .index
@@ -1281,15 +1270,18 @@ fn persist(
     job: SealJob,
 ) -> TarnResult<()> {
     for seg in &job.new_segments {
-        let bytes = encode_ipc(&seg.batch)?;
+        let bytes = encode_ipc(&seg.read_all()?)?;
         let path = segment_object(prefix, seg.id);
         futures::executor::block_on(store.put(&path, bytes.into()))
             .map_err(|e| TarnError::internal(format!("writing segment {}: {e}", seg.id)))?;
         // The local store renames into place without fsync: make it durable before the log goes.
-        let local = dir.join("segments").join(format!("{:016}.arrow", seg.id));
+        let local = segment_path(dir, seg.id);
         if local.exists() {
             std::fs::File::open(&local)?.sync_all()?;
             wal::sync_dir(&dir.join("segments"))?;
+            // From now on its columns are read from the file, and memory holds only what
+            // the column cache keeps.
+            seg.store(SegmentFile::open(&local)?);
         }
     }
     for (id, bitmap) in &job.bitmaps {
@@ -1351,12 +1343,7 @@ mod tests {
         let snap = c.snapshot();
         let mut out = Vec::new();
         for e in &snap.segments {
-            let ids = e
-                .segment
-                .batch
-                .column_by_name(ID)
-                .unwrap()
-                .as_string::<i32>();
+            let ids = e.segment.ids().unwrap();
             for r in 0..ids.len() {
                 if !e.deleted.contains(r) {
                     out.push(ids.value(r).to_owned());
@@ -1466,6 +1453,8 @@ mod tests {
         let snap = c.snapshot();
         let rows: Vec<u64> = snap.segments.iter().map(|e| e.segment.stats.rows).collect();
         assert!(snap.segments.iter().all(|e| e.sealed), "{rows:?}");
+        // Durable, so read from their files from now on.
+        assert!(snap.segments.iter().all(|e| e.segment.is_stored()));
         // The clean full run is kept; the run with a replaced row and the small runs merge.
         assert_eq!(rows.len(), 2, "{rows:?}");
         assert!(rows.contains(&(MERGED_RUN_ROWS as u64)), "{rows:?}");
@@ -1477,6 +1466,7 @@ mod tests {
         let c = open(dir.path(), SealPolicy::default());
         assert_eq!(live_ids(&c), before);
         assert_eq!(c.stats().sealed_segments, 2);
+        assert!(c.snapshot().segments.iter().all(|e| e.segment.is_stored()));
     }
 
     #[test]
@@ -1501,7 +1491,7 @@ mod tests {
         let snap = c.snapshot();
         let mut out = BTreeMap::new();
         for e in &snap.segments {
-            let b = &e.segment.batch;
+            let b = e.segment.read_all().unwrap();
             let ids = b.column_by_name(ID).unwrap().as_string::<i32>();
             let n = b
                 .column_by_name("n")

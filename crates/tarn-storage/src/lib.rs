@@ -3,15 +3,19 @@
 //! - [`jsonscan`] splits request bodies into documents without recursion.
 //! - [`document`] resolves `_id`, `_event_time` and `_meta`.
 //! - [`types`], [`build`], [`adapt`], [`to_json`]: the JSON ⇄ Arrow mapping.
-//! - [`wal`]: the write-ahead log. [`segment`]: batches, statistics, deletion bitmaps.
+//! - [`wal`]: the write-ahead log. [`segment`]: batches, statistics, deletion bitmaps, and
+//!   the files sealed segments are read from ([`layout`]: struct fields as columns);
+//!   [`cache`]: their decoded columns.
 //! - [`collection`]: one collection's writer and sealer. [`catalog`]: all of them.
 
 pub mod adapt;
 pub mod build;
+pub mod cache;
 pub mod catalog;
 pub mod collection;
 pub mod document;
 pub mod jsonscan;
+pub mod layout;
 pub mod segment;
 pub mod summary;
 pub mod tape;

@@ -8,6 +8,8 @@ use arrow::buffer::NullBuffer;
 use arrow::datatypes::DataType;
 use serde::Serialize;
 
+use tarn_common::TarnResult;
+
 use crate::collection::Snapshot;
 use crate::types::{self, NULLS};
 
@@ -49,10 +51,10 @@ fn walk(
 }
 
 /// Every path of the snapshot's schema with its type and count of values.
-pub fn field_summary(snapshot: &Snapshot) -> Vec<FieldSummary> {
+pub fn field_summary(snapshot: &Snapshot) -> TarnResult<Vec<FieldSummary>> {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for e in &snapshot.segments {
-        let batch = &e.segment.batch;
+        let batch = e.segment.read_all()?;
         for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
             if f.name() != NULLS {
                 walk(f.name(), col, None, &mut counts);
@@ -83,7 +85,7 @@ pub fn field_summary(snapshot: &Snapshot) -> Vec<FieldSummary> {
         let count = counts.get(&path).copied().unwrap_or(0);
         out.push(FieldSummary { path, type_, count });
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -122,7 +124,7 @@ mod tests {
             }],
             retention_cutoff: None,
         };
-        let s = field_summary(&snapshot);
+        let s = field_summary(&snapshot).unwrap();
         let get = |p: &str| s.iter().find(|f| f.path == p).unwrap().clone();
         assert_eq!(get("a").count, 2);
         assert_eq!(get("a").type_, "variant");

@@ -48,9 +48,17 @@ pub struct BenchArgs {
     /// Seconds of the measured steady phase at each viewer count.
     #[arg(long, default_value_t = 20)]
     pub live_secs: u64,
+    /// Run only the queries-at-scale benchmark: this many generated tweets over 24 hours,
+    /// loaded into tarn, DuckDB and chDB from one zstd-compressed NDJSON file, then the
+    /// tutorial's six queries on each (for example 10000000).
+    #[arg(long, default_value_t = 0)]
+    pub scale_docs: usize,
+    /// Column cache budget in MiB for this run (the server's --cache-mb).
+    #[arg(long)]
+    pub cache_mb: Option<usize>,
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -61,7 +69,7 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// CPU seconds (user and system, all threads) this process has used so far.
-fn cpu_seconds() -> f64 {
+pub(crate) fn cpu_seconds() -> f64 {
     // Fields 14 and 15 of /proc/self/stat, in clock ticks; the name (field 2) may hold spaces.
     let ticks = std::fs::read_to_string("/proc/self/stat")
         .ok()
@@ -74,7 +82,7 @@ fn cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
-fn rss_bytes() -> u64 {
+pub(crate) fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -85,7 +93,7 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn dir_size(p: &Path) -> u64 {
+pub(crate) fn dir_size(p: &Path) -> u64 {
     let mut total = 0;
     if let Ok(rd) = std::fs::read_dir(p) {
         for e in rd.flatten() {
@@ -100,6 +108,12 @@ fn dir_size(p: &Path) -> u64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(mb) = args.cache_mb {
+        tarn_storage::cache::column_cache().set_budget(mb << 20);
+    }
+    if args.scale_docs > 0 {
+        return crate::bench_scale::run(&args).await;
+    }
     if args.kafka {
         return crate::bench_kafka::run(&args.dir, &args.kafka_rates, args.kafka_secs).await;
     }
@@ -242,8 +256,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // 2a. The tutorial's six queries (typos fixed) and the dialect layer's share of planning.
     let engine = QueryEngine::new(storage.clone());
     let mut tarn_ms: Vec<(&str, f64)> = Vec::new();
-    for (name, sql) in crate::demo::TUTORIAL_QUERIES {
-        let sql = sql.replace("\"twitter-kinesis-demo\"", "bench");
+    for (name, sql) in tutorial_queries("bench", now_ms) {
         let mut run_ms = Vec::new();
         let mut dialect_ms = Vec::new();
         for _ in 0..20 {
@@ -287,51 +300,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     // 4. DuckDB and chDB on the same file.
-    if args.python.exists() {
-        let out = std::process::Command::new(&args.python)
-            .arg("-c")
-            .arg(PY_PEERS)
-            .arg(&ndjson)
-            .output()
-            .context("running the DuckDB/chDB loader")?;
-        let report = String::from_utf8_lossy(&out.stdout);
-        for line in report.lines() {
-            let fields: Vec<&str> = line.splitn(4, ' ').collect();
-            match fields.as_slice() {
-                ["load", peer, secs] => {
-                    if let Ok(secs) = secs.trim().parse::<f64>() {
-                        let rate = mb / secs;
-                        println!(
-                            "{peer} load: {rate:.1} MB/s; tarn storage ingest / {peer} = {:.2}",
-                            storage_mbps / rate
-                        );
-                    }
-                }
-                ["query", peer, ms, name] => {
-                    if let (Ok(ms), Some((_, ours))) =
-                        (ms.parse::<f64>(), tarn_ms.iter().find(|(n, _)| n == name))
-                    {
-                        println!(
-                            "{name}: {peer} median {ms:.2} ms; tarn {ours:.2} ms; tarn is {:.1}x faster",
-                            ms / ours
-                        );
-                    }
-                }
-                _ => {}
-            }
-        }
-        if !out.status.success() {
-            println!(
-                "the DuckDB/chDB loader failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    } else {
-        println!(
-            "DuckDB/chDB comparison skipped: {} not found (run scripts/bench-deps)",
-            args.python.display()
-        );
-    }
+    compare_with_peers(
+        &args.python,
+        &ndjson,
+        now_ms,
+        &args.dir,
+        mb,
+        Some(storage_mbps),
+        &tarn_ms,
+    )?;
     storage.close();
     drop(storage);
     let _ = std::fs::remove_dir_all(&args.dir);
@@ -380,13 +357,101 @@ async fn window_at_scale(dir: &Path, n: usize, now_ms: i64) -> anyhow::Result<(f
     Ok((count_ms, load_secs))
 }
 
-async fn engine_query(engine: &QueryEngine, sql: &str) -> anyhow::Result<()> {
-    engine
+pub(crate) async fn engine_query(
+    engine: &QueryEngine,
+    sql: &str,
+) -> anyhow::Result<tarn_sql::QueryOutput> {
+    Ok(engine
         .query(&QueryRequest {
             sql: sql.to_owned(),
             ..Default::default()
         })
-        .await?;
+        .await?)
+}
+
+/// The tutorial's six queries (typos fixed) over `table`, with "now" fixed at `now_ms`, the
+/// end of the generated data: the same windows for tarn, DuckDB and chDB, however long
+/// each took to load.
+pub(crate) fn tutorial_queries(table: &str, now_ms: i64) -> Vec<(&'static str, String)> {
+    crate::demo::TUTORIAL_QUERIES
+        .iter()
+        .map(|(name, sql)| {
+            let sql = sql.replace("\"twitter-kinesis-demo\"", table).replace(
+                "current_timestamp()",
+                &format!("timestamp_millis({now_ms})"),
+            );
+            (*name, sql)
+        })
+        .collect()
+}
+
+/// Loads `ndjson` (plain or `.zst`) into DuckDB and chDB with `python`, runs the six
+/// queries there with "now" at `now_ms`, and prints each load rate and each ratio to
+/// tarn's medians in `tarn_ms`. Skipped, saying so, without the venv.
+pub(crate) fn compare_with_peers(
+    python: &Path,
+    ndjson: &Path,
+    now_ms: i64,
+    work_dir: &Path,
+    json_mb: f64,
+    tarn_ingest_mbps: Option<f64>,
+    tarn_ms: &[(&str, f64)],
+) -> anyhow::Result<()> {
+    if !python.exists() {
+        println!(
+            "DuckDB/chDB comparison skipped: {} not found (run scripts/bench-deps)",
+            python.display()
+        );
+        return Ok(());
+    }
+    let mut child = std::process::Command::new(python)
+        .arg("-c")
+        .arg(PY_PEERS)
+        .arg(ndjson)
+        .arg(now_ms.to_string())
+        .arg(work_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running the DuckDB/chDB loader")?;
+    let stdout = child.stdout.take().expect("piped");
+    // Lines are reported as they come: at scale each load takes minutes.
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        let fields: Vec<&str> = line.splitn(4, ' ').collect();
+        match fields.as_slice() {
+            ["load", peer, secs] => {
+                if let Ok(secs) = secs.trim().parse::<f64>() {
+                    let rate = json_mb / secs;
+                    print!("{peer} load: {secs:.1} s, {rate:.1} MB/s");
+                    match tarn_ingest_mbps {
+                        Some(ours) => {
+                            println!("; tarn storage ingest / {peer} = {:.2}", ours / rate)
+                        }
+                        None => println!(),
+                    }
+                }
+            }
+            ["query", peer, ms, name] => {
+                if let (Ok(ms), Some((_, ours))) =
+                    (ms.parse::<f64>(), tarn_ms.iter().find(|(n, _)| n == name))
+                {
+                    println!(
+                        "{name}: {peer} median {ms:.2} ms; tarn {ours:.2} ms; tarn is {:.1}x faster",
+                        ms / ours
+                    );
+                }
+            }
+            _ => println!("{line}"),
+        }
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() || !out.stderr.is_empty() {
+        println!(
+            "the DuckDB/chDB loader reported: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }
 
@@ -416,25 +481,27 @@ async fn median_window_count_ms(
 }
 
 const PY_PEERS: &str = r#"
-import sys, time, tempfile, statistics
-path = sys.argv[1]
+import sys, os, time, tempfile, statistics
+path, now_ms, work = sys.argv[1], sys.argv[2], sys.argv[3]
 DUCK = {
- "Live Tweets": "SELECT timestamp_ms, created_at, text, \"user\".screen_name AS screen_name FROM t WHERE CAST(timestamp_ms AS BIGINT) > epoch_ms(now()) - 60000 ORDER BY timestamp_ms DESC LIMIT 100",
- "Top Hashtags": "SELECT count(*) AS tweet_count, hashtag FROM (SELECT lower(unnest(extended_tweet.entities.hashtags).text) AS hashtag FROM t WHERE CAST(timestamp_ms AS BIGINT) > epoch_ms(now()) - 3600000) GROUP BY hashtag ORDER BY tweet_count DESC LIMIT 10",
- "Incoming Tweets": "SELECT count(*) FROM t WHERE CAST(timestamp_ms AS BIGINT) > epoch_ms(now()) - 2000",
+ "Live Tweets": "SELECT timestamp_ms, created_at, text, \"user\".screen_name AS screen_name FROM t WHERE CAST(timestamp_ms AS BIGINT) > NOW_MS - 60000 ORDER BY timestamp_ms DESC LIMIT 100",
+ "Top Hashtags": "SELECT count(*) AS tweet_count, hashtag FROM (SELECT lower(unnest(extended_tweet.entities.hashtags).text) AS hashtag FROM t WHERE CAST(timestamp_ms AS BIGINT) > NOW_MS - 3600000) GROUP BY hashtag ORDER BY tweet_count DESC LIMIT 10",
+ "Incoming Tweets": "SELECT count(*) FROM t WHERE CAST(timestamp_ms AS BIGINT) > NOW_MS - 2000",
  "Influencers": "SELECT \"user\".screen_name, \"user\".followers_count AS fc FROM t WHERE list_contains(list_transform(entities.hashtags, lambda x: x.text), 'music') GROUP BY 1, 2 ORDER BY 2 DESC LIMIT 5",
  "Related Hashtags": "SELECT h AS hashtag, count(*) AS c FROM (SELECT unnest(list_transform(entities.hashtags, lambda x: x.text)) AS h FROM t WHERE list_contains(list_transform(entities.hashtags, lambda x: x.text), 'music')) WHERE h != 'music' GROUP BY 1 ORDER BY 2 DESC LIMIT 10",
- "Live Tweets for #music": "SELECT timestamp_ms, text, \"user\".screen_name FROM t WHERE list_contains(list_transform(entities.hashtags, lambda x: x.text), 'music') AND CAST(timestamp_ms AS BIGINT) > epoch_ms(now()) - 60000 ORDER BY timestamp_ms DESC LIMIT 100",
+ "Live Tweets for #music": "SELECT timestamp_ms, text, \"user\".screen_name FROM t WHERE list_contains(list_transform(entities.hashtags, lambda x: x.text), 'music') AND CAST(timestamp_ms AS BIGINT) > NOW_MS - 60000 ORDER BY timestamp_ms DESC LIMIT 100",
 }
 TAGS = "arrayMap(x -> tupleElement(x, 'text'), tupleElement(entities, 'hashtags'))"
 CH = {
- "Live Tweets": "SELECT timestamp_ms, created_at, text, tupleElement(user, 'screen_name') FROM t WHERE toInt64(timestamp_ms) > toUnixTimestamp64Milli(now64(3)) - 60000 ORDER BY timestamp_ms DESC LIMIT 100",
- "Top Hashtags": "SELECT count(*) AS tweet_count, lower(h) AS hashtag FROM t ARRAY JOIN arrayMap(x -> tupleElement(x, 'text'), tupleElement(tupleElement(extended_tweet, 'entities'), 'hashtags')) AS h WHERE toInt64(timestamp_ms) > toUnixTimestamp64Milli(now64(3)) - 3600000 GROUP BY hashtag ORDER BY tweet_count DESC LIMIT 10",
- "Incoming Tweets": "SELECT count(*) FROM t WHERE toInt64(timestamp_ms) > toUnixTimestamp64Milli(now64(3)) - 2000",
+ "Live Tweets": "SELECT timestamp_ms, created_at, text, tupleElement(user, 'screen_name') FROM t WHERE toInt64(timestamp_ms) > NOW_MS - 60000 ORDER BY timestamp_ms DESC LIMIT 100",
+ "Top Hashtags": "SELECT count(*) AS tweet_count, lower(h) AS hashtag FROM t ARRAY JOIN arrayMap(x -> tupleElement(x, 'text'), tupleElement(tupleElement(extended_tweet, 'entities'), 'hashtags')) AS h WHERE toInt64(timestamp_ms) > NOW_MS - 3600000 GROUP BY hashtag ORDER BY tweet_count DESC LIMIT 10",
+ "Incoming Tweets": "SELECT count(*) FROM t WHERE toInt64(timestamp_ms) > NOW_MS - 2000",
  "Influencers": f"SELECT tupleElement(user, 'screen_name') AS sn, tupleElement(user, 'followers_count') AS fc FROM t WHERE has({TAGS}, 'music') GROUP BY sn, fc ORDER BY fc DESC LIMIT 5",
  "Related Hashtags": f"SELECT h AS hashtag, count(*) AS c FROM t ARRAY JOIN {TAGS} AS h WHERE has({TAGS}, 'music') AND h != 'music' GROUP BY h ORDER BY c DESC LIMIT 10",
- "Live Tweets for #music": f"SELECT timestamp_ms, text, tupleElement(user, 'screen_name') FROM t WHERE has({TAGS}, 'music') AND toInt64(timestamp_ms) > toUnixTimestamp64Milli(now64(3)) - 60000 ORDER BY timestamp_ms DESC LIMIT 100",
+ "Live Tweets for #music": f"SELECT timestamp_ms, text, tupleElement(user, 'screen_name') FROM t WHERE has({TAGS}, 'music') AND toInt64(timestamp_ms) > NOW_MS - 60000 ORDER BY timestamp_ms DESC LIMIT 100",
 }
+DUCK = {k: v.replace("NOW_MS", now_ms) for k, v in DUCK.items()}
+CH = {k: v.replace("NOW_MS", now_ms) for k, v in CH.items()}
 def timed(run, n=10):
     times = []
     for _ in range(n):
@@ -442,7 +509,9 @@ def timed(run, n=10):
     return statistics.median(times)
 try:
     import duckdb
-    con = duckdb.connect()
+    # On disk, as chDB's MergeTree is: at scale the data does not fit in memory.
+    con = duckdb.connect(os.path.join(work, "duck.db"))
+    con.execute("SET enable_progress_bar = false")
     s = time.time()
     con.execute(f"CREATE TABLE t AS SELECT * FROM read_json_auto('{path}', format='newline_delimited', maximum_object_size=100000000)")
     print("load duckdb", time.time() - s, flush=True)
@@ -452,7 +521,7 @@ except Exception as e:
     print("duckdb-error", e, file=sys.stderr)
 try:
     from chdb import session
-    sess = session.Session(tempfile.mkdtemp())
+    sess = session.Session(tempfile.mkdtemp(dir=work))
     s = time.time()
     sess.query("CREATE TABLE t ENGINE = MergeTree ORDER BY tuple() AS SELECT * FROM file('" + path + "', 'JSONEachRow')")
     print("load chdb", time.time() - s, flush=True)

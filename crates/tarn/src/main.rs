@@ -3,6 +3,7 @@
 mod bench;
 mod bench_kafka;
 mod bench_live;
+mod bench_scale;
 mod demo;
 mod produce;
 mod tweets;
@@ -113,6 +114,11 @@ pub struct ServeArgs {
     /// Seal the mutable segment after this many seconds.
     #[arg(long, env = "TARN_SEAL_SECS", default_value_t = SealPolicy::default().max_age.as_secs())]
     pub seal_secs: u64,
+    /// Memory for decoded columns of sealed segments, in MiB, shared by all collections
+    /// (default: a quarter of the machine's memory). Sealed segments live in compressed
+    /// files; what does not fit here is decoded again when a query reads it.
+    #[arg(long, env = "TARN_CACHE_MB")]
+    pub cache_mb: Option<usize>,
     /// Address of the Postgres endpoint (port 0 picks a free port; `off` disables it).
     #[arg(long, env = "TARN_PG", default_value = "127.0.0.1:5433")]
     pub pg: String,
@@ -197,6 +203,13 @@ pub struct DemoArgs {
 }
 
 impl ServeArgs {
+    /// Applies the settings that belong to the whole process (the column cache).
+    fn apply_process_settings(&self) {
+        if let Some(mb) = self.cache_mb {
+            tarn_storage::cache::column_cache().set_budget(mb << 20);
+        }
+    }
+
     fn policy(&self) -> SealPolicy {
         SealPolicy {
             max_rows: self.seal_rows,
@@ -240,6 +253,7 @@ pub async fn serve(args: ServeArgs, on_ready: Option<OnReady>) -> anyhow::Result
         }
         _ => None,
     };
+    args.apply_process_settings();
     let policy = args.policy();
     let data_dir = args.data_dir.clone();
     let storage = tokio::task::spawn_blocking(move || Storage::open(&data_dir, policy))

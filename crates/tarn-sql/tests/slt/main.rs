@@ -3,6 +3,8 @@
 //! Besides SQL, two statements load data:
 //! - `CREATE COLLECTION name [event_time_field]`
 //! - `INSERT INTO name DOCUMENTS` followed by one JSON document per line.
+//! - `SEAL name`: seals the mutable segment and waits until its files are durable, after
+//!   which the sealed segments are read from those files.
 //!
 //! Values print as: strings as they are, NULL for null, anything else as compact JSON.
 
@@ -111,6 +113,14 @@ impl sqllogictest::AsyncDB for TarnDb {
             self.storage
                 .create_collection("commons", name, "", options, Default::default())
                 .map_err(|e| SltError(e.to_string()))?;
+            return Ok(sqllogictest::DBOutput::StatementComplete(0));
+        }
+        if let Some(name) = trimmed.strip_prefix("SEAL ") {
+            let (_, c) = self
+                .storage
+                .get_collection("commons", name.trim())
+                .map_err(|e| SltError(e.to_string()))?;
+            c.seal().await.map_err(|e| SltError(e.to_string()))?;
             return Ok(sqllogictest::DBOutput::StatementComplete(0));
         }
         if let Some(rest) = trimmed.strip_prefix("INSERT INTO ") {
