@@ -81,22 +81,122 @@ fn literal(e: &Expr) -> Option<Bound> {
     }
 }
 
-/// The [min, max] range of an operand in a segment, when known.
-fn range(stats: &SegmentStats, op: &Operand) -> Option<(Bound, Bound)> {
+/// The filters of one scan, compiled once: checking a segment then allocates nothing and
+/// parses no expression. Over a day of tweets (600 to 1,250 segments) checking each
+/// segment against the expressions themselves was a quarter of a windowed query's time.
+#[derive(Debug)]
+pub struct Pruner {
+    conditions: Vec<Condition>,
+}
+
+#[derive(Debug)]
+enum Condition {
+    And(Box<Condition>, Box<Condition>),
+    Or(Box<Condition>, Box<Condition>),
+    Compare {
+        operand: Operand,
+        op: Operator,
+        bound: Bound,
+    },
+    /// Cannot be told from statistics: may match.
+    Unknown,
+}
+
+impl Pruner {
+    pub fn new(filters: &[Expr]) -> Pruner {
+        Pruner {
+            conditions: filters
+                .iter()
+                .map(compile)
+                .filter(|c| !matches!(c, Condition::Unknown))
+                .collect(),
+        }
+    }
+
+    /// Whether any row of a segment with these statistics may pass every filter.
+    pub fn may_match(&self, stats: &SegmentStats) -> bool {
+        self.conditions.iter().all(|c| c.may_match(stats))
+    }
+}
+
+fn compile(filter: &Expr) -> Condition {
+    match filter {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => Condition::And(Box::new(compile(left)), Box::new(compile(right))),
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => Condition::Or(Box::new(compile(left)), Box::new(compile(right))),
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            if let (Some(operand), Some(bound)) = (operand(left), literal(right)) {
+                return Condition::Compare {
+                    operand,
+                    op: *op,
+                    bound,
+                };
+            }
+            if let (Some(bound), Some(operand), Some(op)) =
+                (literal(left), operand(right), flip(*op))
+            {
+                return Condition::Compare { operand, op, bound };
+            }
+            Condition::Unknown
+        }
+        Expr::Between(b) if !b.negated => {
+            match (operand(&b.expr), literal(&b.low), literal(&b.high)) {
+                (Some(o), Some(lo), Some(hi)) => Condition::And(
+                    Box::new(Condition::Compare {
+                        operand: Operand {
+                            path: o.path.clone(),
+                            int_cast: o.int_cast,
+                        },
+                        op: Operator::GtEq,
+                        bound: lo,
+                    }),
+                    Box::new(Condition::Compare {
+                        operand: o,
+                        op: Operator::LtEq,
+                        bound: hi,
+                    }),
+                ),
+                _ => Condition::Unknown,
+            }
+        }
+        _ => Condition::Unknown,
+    }
+}
+
+impl Condition {
+    fn may_match(&self, stats: &SegmentStats) -> bool {
+        match self {
+            Condition::And(a, b) => a.may_match(stats) && b.may_match(stats),
+            Condition::Or(a, b) => a.may_match(stats) || b.may_match(stats),
+            Condition::Compare { operand, op, bound } => may_match_cmp(stats, operand, *op, bound),
+            Condition::Unknown => true,
+        }
+    }
+}
+
+/// A segment's [min, max] of an operand, borrowed from its statistics.
+#[derive(Clone, Copy)]
+enum Range<'a> {
+    Int(i64, i64),
+    Float(f64, f64),
+    Str(&'a str, &'a str),
+}
+
+fn range<'a>(stats: &'a SegmentStats, op: &Operand) -> Option<Range<'a>> {
     if op.path == EVENT_TIME && !op.int_cast {
-        return Some((
-            Bound::Int(stats.min_event_time),
-            Bound::Int(stats.max_event_time),
-        ));
+        return Some(Range::Int(stats.min_event_time, stats.max_event_time));
     }
     match (stats.columns.get(&op.path)?, op.int_cast) {
-        (ColumnStats::Int { min, max, .. }, _) => Some((Bound::Int(*min), Bound::Int(*max))),
-        (ColumnStats::Float { min, max, .. }, false) => {
-            Some((Bound::Float(*min), Bound::Float(*max)))
-        }
-        (ColumnStats::Str { min, max, .. }, false) => {
-            Some((Bound::Str(min.clone()), Bound::Str(max.clone())))
-        }
+        (ColumnStats::Int { min, max, .. }, _) => Some(Range::Int(*min, *max)),
+        (ColumnStats::Float { min, max, .. }, false) => Some(Range::Float(*min, *max)),
+        (ColumnStats::Str { min, max, .. }, false) => Some(Range::Str(min, max)),
         (
             ColumnStats::Str {
                 int_min: Some(lo),
@@ -104,34 +204,30 @@ fn range(stats: &SegmentStats, op: &Operand) -> Option<(Bound, Bound)> {
                 ..
             },
             true,
-        ) => Some((Bound::Int(*lo), Bound::Int(*hi))),
+        ) => Some(Range::Int(*lo, *hi)),
         _ => None,
     }
 }
 
-fn comparable(a: &Bound, b: &Bound) -> bool {
-    matches!(
-        (a, b),
-        (Bound::Int(_), Bound::Int(_))
-            | (Bound::Float(_), Bound::Float(_))
-            | (Bound::Str(_), Bound::Str(_))
-    )
+/// False only when no value in [min, max] can satisfy `value op bound`.
+fn cmp_range<T: PartialOrd + ?Sized>(min: &T, max: &T, op: Operator, bound: &T) -> bool {
+    match op {
+        Operator::Eq => bound >= min && bound <= max,
+        Operator::Gt => max > bound,
+        Operator::GtEq => max >= bound,
+        Operator::Lt => min < bound,
+        Operator::LtEq => min <= bound,
+        _ => true,
+    }
 }
 
 /// False only when no row of the segment can satisfy `path op lit`.
 fn may_match_cmp(stats: &SegmentStats, op: &Operand, operator: Operator, lit: &Bound) -> bool {
-    let Some((min, max)) = range(stats, op) else {
-        return true;
-    };
-    if !comparable(&min, lit) {
-        return true;
-    }
-    match operator {
-        Operator::Eq => *lit >= min && *lit <= max,
-        Operator::Gt => max > *lit,
-        Operator::GtEq => max >= *lit,
-        Operator::Lt => min < *lit,
-        Operator::LtEq => min <= *lit,
+    match (range(stats, op), lit) {
+        (Some(Range::Int(min, max)), Bound::Int(b)) => cmp_range(&min, &max, operator, b),
+        (Some(Range::Float(min, max)), Bound::Float(b)) => cmp_range(&min, &max, operator, b),
+        (Some(Range::Str(min, max)), Bound::Str(b)) => cmp_range(min, max, operator, b.as_str()),
+        // Unknown, or types that do not compare: may match.
         _ => true,
     }
 }
@@ -149,37 +245,7 @@ fn flip(op: Operator) -> Option<Operator> {
 
 /// Whether any row of a segment with these statistics may satisfy `filter`.
 pub fn may_match(stats: &SegmentStats, filter: &Expr) -> bool {
-    match filter {
-        Expr::BinaryExpr(BinaryExpr {
-            left,
-            op: Operator::And,
-            right,
-        }) => may_match(stats, left) && may_match(stats, right),
-        Expr::BinaryExpr(BinaryExpr {
-            left,
-            op: Operator::Or,
-            right,
-        }) => may_match(stats, left) || may_match(stats, right),
-        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-            if let (Some(o), Some(l)) = (operand(left), literal(right)) {
-                return may_match_cmp(stats, &o, *op, &l);
-            }
-            if let (Some(l), Some(o), Some(op)) = (literal(left), operand(right), flip(*op)) {
-                return may_match_cmp(stats, &o, op, &l);
-            }
-            true
-        }
-        Expr::Between(b) if !b.negated => {
-            match (operand(&b.expr), literal(&b.low), literal(&b.high)) {
-                (Some(o), Some(lo), Some(hi)) => {
-                    may_match_cmp(stats, &o, Operator::GtEq, &lo)
-                        && may_match_cmp(stats, &o, Operator::LtEq, &hi)
-                }
-                _ => true,
-            }
-        }
-        _ => true,
-    }
+    Pruner::new(std::slice::from_ref(filter)).may_match(stats)
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use tarn_storage::Snapshot;
 use tarn_storage::adapt::adapt_batch;
 use tarn_storage::layout::Subfields;
 
-use crate::prune::may_match;
+use crate::prune::Pruner;
 
 /// A collection as DataFusion sees it during one query.
 ///
@@ -109,12 +109,13 @@ impl datafusion::catalog::TableProvider for CollectionTable {
             tracing::debug!(error = %e, "filters not applied in the scan");
             None
         });
+        let pruner = Pruner::new(filters);
         let mut batches: Vec<RecordBatch> = Vec::new();
         for entry in &self.snapshot.segments {
             let stats = &entry.segment.stats;
             if entry.live_rows() == 0
                 || cutoff.is_some_and(|c| stats.max_event_time < c)
-                || !filters.iter().all(|f| may_match(stats, f))
+                || !pruner.may_match(stats)
             {
                 continue;
             }

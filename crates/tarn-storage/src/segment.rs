@@ -1,6 +1,6 @@
 //! Segments: immutable Arrow batches with statistics, deletion bitmaps, and their files.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +46,12 @@ pub enum ColumnStats {
     },
 }
 
+/// Column statistics by dotted path. A hash map, not a B-tree: a query checks one path in
+/// each of a thousand segments, and a B-tree lookup compared the path with a dozen keys,
+/// each a separate allocation, cold in cache (a quarter of a windowed query's time over a
+/// day of tweets).
+pub type ColumnStatsMap = HashMap<String, ColumnStats, foldhash::quality::RandomState>;
+
 /// Statistics of a segment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SegmentStats {
@@ -53,7 +59,7 @@ pub struct SegmentStats {
     pub min_event_time: i64,
     pub max_event_time: i64,
     /// Scalar columns by dotted path (`user.followers_count`).
-    pub columns: BTreeMap<String, ColumnStats>,
+    pub columns: ColumnStatsMap,
     /// Bytes of Arrow memory the segment holds.
     pub bytes: u64,
 }
@@ -102,7 +108,7 @@ impl SegmentStats {
                 .map(|s| s.max_event_time)
                 .max()
                 .unwrap_or(i64::MIN),
-            columns: BTreeMap::new(),
+            columns: ColumnStatsMap::default(),
         };
         let names: std::collections::BTreeSet<&String> =
             inputs.iter().flat_map(|s| s.columns.keys()).collect();
@@ -209,7 +215,7 @@ fn union(a: &ColumnStats, b: &ColumnStats) -> Option<ColumnStats> {
     })
 }
 
-fn collect_column_stats(path: &str, col: &ArrayRef, out: &mut BTreeMap<String, ColumnStats>) {
+fn collect_column_stats(path: &str, col: &ArrayRef, out: &mut ColumnStatsMap) {
     let nulls = col.null_count() as u64;
     if col.len() == col.null_count() {
         return;

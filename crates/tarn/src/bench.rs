@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// tutorial's six queries on each (for example 10000000).
     #[arg(long, default_value_t = 0)]
     pub scale_docs: usize,
+    /// Keep the scale benchmark's data directory (`DIR/data`, for `tarn serve`) and its
+    /// NDJSON instead of deleting them.
+    #[arg(long)]
+    pub keep: bool,
     /// Column cache budget in MiB for this run (the server's --cache-mb).
     #[arg(long)]
     pub cache_mb: Option<usize>,

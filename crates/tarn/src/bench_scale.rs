@@ -121,7 +121,15 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         None,
         &tarn_ms,
     )?;
-    let _ = std::fs::remove_dir_all(&args.dir);
+    if args.keep {
+        println!(
+            "kept {} (serve it with: tarn serve --data-dir {})",
+            args.dir.display(),
+            data.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&args.dir);
+    }
     Ok(())
 }
 
