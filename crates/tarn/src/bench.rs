@@ -160,14 +160,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let data = args.dir.join("data");
     let rss_before = rss_bytes();
     let storage = Storage::open(&data, SealPolicy::default())?;
-    let options = CollectionOptions {
-        event_time_info: Some(EventTimeInfo {
-            field: "timestamp_ms".into(),
-            format: Some("milliseconds_since_epoch".into()),
-            time_zone: None,
-        }),
-        retention_secs: None,
-    };
+    let options = tweets_collection_options();
     let (info, c) = storage.create_collection(
         DEFAULT_WORKSPACE,
         "bench",
@@ -359,6 +352,18 @@ async fn window_at_scale(dir: &Path, n: usize, now_ms: i64) -> anyhow::Result<(f
     let count_ms = median_window_count_ms(&QueryEngine::new(storage.clone()), "w", now_ms).await?;
     storage.close();
     Ok((count_ms, load_secs))
+}
+
+/// A collection of tweets as the tutorial creates it: `_event_time` from `timestamp_ms`.
+pub(crate) fn tweets_collection_options() -> CollectionOptions {
+    CollectionOptions {
+        event_time_info: Some(EventTimeInfo {
+            field: "timestamp_ms".into(),
+            format: Some("milliseconds_since_epoch".into()),
+            time_zone: None,
+        }),
+        retention_secs: None,
+    }
 }
 
 pub(crate) async fn engine_query(

@@ -11,11 +11,11 @@ use anyhow::Context;
 use serde_json::json;
 use tarn_sql::QueryEngine;
 use tarn_storage::document::{IngestContext, prepare_text};
-use tarn_storage::{CollectionOptions, DEFAULT_WORKSPACE, EventTimeInfo, SealPolicy, Storage};
+use tarn_storage::{DEFAULT_WORKSPACE, SealPolicy, Storage};
 
 use crate::bench::{
     BenchArgs, compare_with_peers, cpu_seconds, dir_size, engine_query, median, rss_bytes,
-    tutorial_queries,
+    tutorial_queries, tweets_collection_options,
 };
 use crate::tweets::TweetGenerator;
 
@@ -43,14 +43,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     let data = args.dir.join("data");
     let storage = Storage::open(&data, SealPolicy::default())?;
-    let options = CollectionOptions {
-        event_time_info: Some(EventTimeInfo {
-            field: "timestamp_ms".into(),
-            format: Some("milliseconds_since_epoch".into()),
-            time_zone: None,
-        }),
-        retention_secs: None,
-    };
+    let options = tweets_collection_options();
     let (_, c) =
         storage.create_collection(DEFAULT_WORKSPACE, "bench", "", options, Default::default())?;
     let started = Instant::now();
@@ -195,18 +188,14 @@ fn load(path: &Path, c: &tarn_storage::Collection) -> anyhow::Result<()> {
     let workers = std::thread::available_parallelism().map_or(1, |c| c.get());
     let (tx, rx) = mpsc::sync_channel::<Vec<Vec<u8>>>(workers * 2);
     let rx = std::sync::Mutex::new(rx);
-    let event_time = EventTimeInfo {
-        field: "timestamp_ms".into(),
-        format: Some("milliseconds_since_epoch".into()),
-        time_zone: None,
-    };
+    let options = tweets_collection_options();
     let meta = json!({"source": "bench"});
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let mut inserters = Vec::new();
         for _ in 0..workers {
             inserters.push(scope.spawn(|| -> anyhow::Result<()> {
                 let ctx = IngestContext {
-                    event_time_info: Some(&event_time),
+                    event_time_info: options.event_time_info.as_ref(),
                     now_micros: 0,
                     meta: &meta,
                 };
