@@ -337,6 +337,24 @@ pub fn push_pointer_segment(path: &mut String, key: &str) {
     }
 }
 
+/// The batch of JSON objects `bodies`, the i-th with `_id` "i" and `_event_time` i: for
+/// tests of what is built on batches.
+#[cfg(test)]
+pub(crate) fn batch_of(bodies: &[serde_json::Value]) -> RecordBatch {
+    let docs: Vec<Document> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Document {
+            id: i.to_string(),
+            event_time: i as i64,
+            meta: serde_json::Value::Null,
+            body: b.as_object().expect("an object").clone(),
+            tape: None,
+        })
+        .collect();
+    documents_to_batch(&docs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -277,28 +277,16 @@ fn null_array(data_type: &DataType, rows: usize) -> ArrayRef {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::documents_to_batch;
-    use crate::document::Document;
-    use serde_json::{Value, json};
+    use crate::build::batch_of;
+    use serde_json::json;
 
     fn batch() -> RecordBatch {
-        let docs: Vec<Document> = [
+        batch_of(&[
             json!({"u": {"name": "ann", "n": 1, "deep": {"a": 1, "b": "x"}}, "tags": [{"t": "a"}], "s": "x"}),
             json!({"u": null, "s": "y"}),
             json!({"u": {"name": "bob", "deep": {"b": "y"}}, "e": {}, "v": 1}),
             json!({"v": "one", "u": {"name": 3}}),
-        ]
-        .iter()
-        .enumerate()
-        .map(|(i, b)| Document {
-            id: i.to_string(),
-            event_time: i as i64,
-            meta: Value::Null,
-            body: b.as_object().unwrap().clone(),
-            tape: None,
-        })
-        .collect();
-        documents_to_batch(&docs)
+        ])
     }
 
     fn assemble_all(b: &RecordBatch, sub: &HashMap<&str, Subfields>) -> RecordBatch {

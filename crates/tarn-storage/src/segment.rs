@@ -729,22 +729,8 @@ mod tests {
 
     #[test]
     fn merged_stats_are_bounds_and_drop_paths_that_became_variant() {
-        let mk = |bodies: &[serde_json::Value]| {
-            let docs: Vec<Document> = bodies
-                .iter()
-                .enumerate()
-                .map(|(i, b)| Document {
-                    id: i.to_string(),
-                    event_time: i as i64,
-                    meta: Value::Null,
-                    body: b.as_object().unwrap().clone(),
-                    tape: None,
-                })
-                .collect();
-            documents_to_batch(&docs)
-        };
-        let a = mk(&[json!({"n": 1, "m": 5}), json!({"n": 4, "m": 6})]);
-        let b = mk(&[json!({"n": 9, "m": "x"})]);
+        let a = crate::build::batch_of(&[json!({"n": 1, "m": 5}), json!({"n": 4, "m": 6})]);
+        let b = crate::build::batch_of(&[json!({"n": 9, "m": "x"})]);
         let schema = crate::types::merge_schemas(&a.schema(), &b.schema());
         let merged = arrow::compute::concat_batches(
             &schema,
