@@ -25,6 +25,7 @@ pub mod wal;
 
 pub use catalog::{CollectionInfo, DEFAULT_WORKSPACE, Storage, WorkspaceInfo};
 pub use collection::{
-    Collection, CollectionOptions, CollectionStats, DocStatus, SealPolicy, SegmentEntry, Snapshot,
+    Collection, CollectionOptions, CollectionStats, DocStatus, SealPolicy, SegmentEntry,
+    SegmentList, Snapshot,
 };
 pub use document::{Document, EventTimeInfo, IngestContext};

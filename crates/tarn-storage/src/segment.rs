@@ -62,6 +62,26 @@ pub struct SegmentStats {
     pub columns: ColumnStatsMap,
     /// Bytes of Arrow memory the segment holds.
     pub bytes: u64,
+    /// Whether each column's `nulls` counts every row without a value. Statistics written
+    /// by earlier versions left out the rows of merged inputs that lacked the column, so
+    /// theirs may be short: a scan then never concludes that every row has a value.
+    #[serde(default)]
+    pub nulls_counted: bool,
+}
+
+impl SegmentStats {
+    /// The statistics of column `path`, with `nulls` at least 1 where the count may be
+    /// short (see [`SegmentStats::nulls_counted`]).
+    pub fn column(&self, path: &str) -> Option<ColumnStats> {
+        let mut c = self.columns.get(path)?.clone();
+        if !self.nulls_counted {
+            let (ColumnStats::Int { nulls, .. }
+            | ColumnStats::Float { nulls, .. }
+            | ColumnStats::Str { nulls, .. }) = &mut c;
+            *nulls = (*nulls).max(1);
+        }
+        Some(c)
+    }
 }
 
 impl SegmentStats {
@@ -70,6 +90,7 @@ impl SegmentStats {
         let mut stats = SegmentStats {
             rows: batch.num_rows() as u64,
             bytes: batch.get_array_memory_size() as u64,
+            nulls_counted: true,
             ..Default::default()
         };
         if let Some(et) = batch.column_by_name(EVENT_TIME) {
@@ -109,6 +130,7 @@ impl SegmentStats {
                 .max()
                 .unwrap_or(i64::MIN),
             columns: ColumnStatsMap::default(),
+            nulls_counted: inputs.iter().all(|s| s.nulls_counted),
         };
         let names: std::collections::BTreeSet<&String> =
             inputs.iter().flat_map(|s| s.columns.keys()).collect();
@@ -120,9 +142,11 @@ impl SegmentStats {
                 continue;
             }
             let mut acc: Option<ColumnStats> = None;
+            // An input without a range for the column has it all null or absent.
+            let mut missing = 0;
             for s in &inputs {
-                // An input without a range for the column has it all null or absent.
                 let Some(c) = s.columns.get(name) else {
+                    missing += s.rows;
                     continue;
                 };
                 acc = match acc {
@@ -133,7 +157,11 @@ impl SegmentStats {
                     },
                 };
             }
-            if let Some(a) = acc {
+            if let Some(mut a) = acc {
+                let (ColumnStats::Int { nulls, .. }
+                | ColumnStats::Float { nulls, .. }
+                | ColumnStats::Str { nulls, .. }) = &mut a;
+                *nulls += missing;
                 out.columns.insert(name.clone(), a);
             }
         }
@@ -754,6 +782,53 @@ mod tests {
         );
         assert!(!s.columns.contains_key("m"), "m became a variant: {s:?}");
         assert_eq!((s.rows, s.min_event_time, s.max_event_time), (3, 0, 1));
+        assert!(s.nulls_counted);
+    }
+
+    #[test]
+    fn merged_stats_count_the_rows_of_inputs_without_the_column_as_nulls() {
+        let a = crate::build::batch_of(&[json!({"n": 1}), json!({"n": 4})]);
+        let b = crate::build::batch_of(&[json!({"o": 1}), json!({"o": 2}), json!({"n": 7})]);
+        let c = crate::build::batch_of(&[json!({"o": 3})]);
+        let schema = crate::types::merge_schemas(
+            &crate::types::merge_schemas(&a.schema(), &b.schema()),
+            &c.schema(),
+        );
+        let parts: Vec<RecordBatch> = [&a, &b, &c]
+            .iter()
+            .map(|x| crate::adapt::adapt_batch(x, &schema).unwrap())
+            .collect();
+        let merged = arrow::compute::concat_batches(&schema, &parts).unwrap();
+        let inputs = [a, b, c].map(|x| SegmentStats::compute(&x));
+        let s = SegmentStats::merged(inputs.iter(), &merged);
+        // Two nulls in `b`, and `c` lacks the column: three rows of six have no `n`.
+        assert_eq!(
+            s.column("n"),
+            Some(ColumnStats::Int {
+                min: 1,
+                max: 7,
+                nulls: 3
+            })
+        );
+        assert_eq!(merged.column_by_name("n").unwrap().null_count(), 3);
+        // Statistics from before null counts were complete never claim there are none.
+        let mut old = SegmentStats::compute(&inputs_a());
+        old.nulls_counted = false;
+        assert!(matches!(
+            old.column("n"),
+            Some(ColumnStats::Int { nulls: 1, .. })
+        ));
+        assert!(
+            !SegmentStats::merged(
+                [old, SegmentStats::compute(&inputs_a())].iter(),
+                &inputs_a()
+            )
+            .nulls_counted
+        );
+    }
+
+    fn inputs_a() -> RecordBatch {
+        crate::build::batch_of(&[json!({"n": 1}), json!({"n": 4})])
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn walk(
 /// Every path of the snapshot's schema with its type and count of values.
 pub fn field_summary(snapshot: &Snapshot) -> TarnResult<Vec<FieldSummary>> {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for e in &snapshot.segments {
+    for e in snapshot.entries() {
         let batch = e.segment.read_all()?;
         for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
             if f.name() != NULLS {
@@ -117,7 +117,8 @@ mod tests {
         let batch = documents_to_batch(&docs);
         let snapshot = Snapshot {
             schema: batch.schema(),
-            segments: vec![SegmentEntry {
+            sealed: Arc::default(),
+            runs: vec![SegmentEntry {
                 segment: Segment::new(1, batch),
                 deleted: Arc::new(DeleteBitmap::default()),
                 sealed: false,

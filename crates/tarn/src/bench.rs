@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// NDJSON instead of deleting them.
     #[arg(long)]
     pub keep: bool,
+    /// Run the scale benchmark again over what a `--keep` run left in `--dir`: no
+    /// generating or loading for tarn (DuckDB and chDB load the NDJSON again); kept after.
+    #[arg(long)]
+    pub reuse: bool,
     /// Column cache budget in MiB for this run (the server's --cache-mb).
     #[arg(long)]
     pub cache_mb: Option<usize>,

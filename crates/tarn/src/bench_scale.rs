@@ -25,45 +25,85 @@ const DAY_MS: i64 = 86_400_000;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let n = args.scale_docs;
-    let _ = std::fs::remove_dir_all(&args.dir);
-    std::fs::create_dir_all(&args.dir)?;
-    let now_ms = chrono::Utc::now().timestamp_millis();
     let ndjson = args.dir.join("tweets.ndjson.zst");
-
-    let started = Instant::now();
-    let (json_bytes, zst_bytes) = generate(&ndjson, n, now_ms)?;
-    let json_mb = json_bytes as f64 / 1e6;
-    println!(
-        "generated {n} tweets over 24 hours: {:.1} GB of JSON ({} bytes/tweet), {:.1} GB as zstd, in {:.0} s",
-        json_mb / 1e3,
-        json_bytes / n.max(1) as u64,
-        zst_bytes as f64 / 1e9,
-        started.elapsed().as_secs_f64()
-    );
-
     let data = args.dir.join("data");
-    let storage = Storage::open(&data, SealPolicy::default())?;
-    let options = tweets_collection_options();
-    let (_, c) =
-        storage.create_collection(DEFAULT_WORKSPACE, "bench", "", options, Default::default())?;
-    let started = Instant::now();
-    let cpu_before = cpu_seconds();
-    let c2 = c.clone();
-    let path = ndjson.clone();
-    tokio::task::spawn_blocking(move || load(&path, &c2)).await??;
-    c.seal().await?;
-    let secs = started.elapsed().as_secs_f64();
+    // What a later `--reuse` run needs to know of this one.
+    let run_file = args.dir.join("scale-run.json");
+    let (now_ms, json_mb, storage, c) = if args.reuse {
+        let run: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&run_file).with_context(|| {
+                format!(
+                    "--reuse: reading {} (left by a --keep run)",
+                    run_file.display()
+                )
+            })?)?;
+        let (Some(now_ms), Some(json_bytes), Some(docs)) = (
+            run["now_ms"].as_i64(),
+            run["json_bytes"].as_u64(),
+            run["docs"].as_u64(),
+        ) else {
+            anyhow::bail!(
+                "--reuse: {} lacks now_ms, json_bytes or docs",
+                run_file.display()
+            );
+        };
+        anyhow::ensure!(
+            docs == n as u64,
+            "--reuse: {} holds {docs} tweets, not --scale-docs {n}",
+            args.dir.display()
+        );
+        let storage = Storage::open(&data, SealPolicy::default())?;
+        let (_, c) = storage.get_collection(DEFAULT_WORKSPACE, "bench")?;
+        println!("reusing {} tweets in {}", docs, args.dir.display());
+        (now_ms, json_bytes as f64 / 1e6, storage, c)
+    } else {
+        let _ = std::fs::remove_dir_all(&args.dir);
+        std::fs::create_dir_all(&args.dir)?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let started = Instant::now();
+        let (json_bytes, zst_bytes) = generate(&ndjson, n, now_ms)?;
+        let json_mb = json_bytes as f64 / 1e6;
+        println!(
+            "generated {n} tweets over 24 hours: {:.1} GB of JSON ({} bytes/tweet), {:.1} GB as zstd, in {:.0} s",
+            json_mb / 1e3,
+            json_bytes / n.max(1) as u64,
+            zst_bytes as f64 / 1e9,
+            started.elapsed().as_secs_f64()
+        );
+        std::fs::write(
+            &run_file,
+            json!({"now_ms": now_ms, "json_bytes": json_bytes, "docs": n}).to_string(),
+        )?;
+        let storage = Storage::open(&data, SealPolicy::default())?;
+        let options = tweets_collection_options();
+        let (_, c) = storage.create_collection(
+            DEFAULT_WORKSPACE,
+            "bench",
+            "",
+            options,
+            Default::default(),
+        )?;
+        let started = Instant::now();
+        let cpu_before = cpu_seconds();
+        let c2 = c.clone();
+        let path = ndjson.clone();
+        tokio::task::spawn_blocking(move || load(&path, &c2)).await??;
+        c.seal().await?;
+        let secs = started.elapsed().as_secs_f64();
+        let cache = tarn_storage::cache::column_cache();
+        println!(
+            "tarn load (zstd decoding included): {secs:.0} s, {:.1} MB/s of JSON, {:.1} MB per CPU-second; \
+             disk {:.2} GB; RSS {:.1} GB; column cache {:.1} of {:.1} GB",
+            json_mb / secs,
+            json_mb / (cpu_seconds() - cpu_before).max(1e-9),
+            dir_size(&data) as f64 / 1e9,
+            rss_bytes() as f64 / 1e9,
+            cache.used() as f64 / 1e9,
+            cache.budget() as f64 / 1e9,
+        );
+        (now_ms, json_mb, storage, c)
+    };
     let cache = tarn_storage::cache::column_cache();
-    println!(
-        "tarn load (zstd decoding included): {secs:.0} s, {:.1} MB/s of JSON, {:.1} MB per CPU-second; \
-         disk {:.2} GB; RSS {:.1} GB; column cache {:.1} of {:.1} GB",
-        json_mb / secs,
-        json_mb / (cpu_seconds() - cpu_before).max(1e-9),
-        dir_size(&data) as f64 / 1e9,
-        rss_bytes() as f64 / 1e9,
-        cache.used() as f64 / 1e9,
-        cache.budget() as f64 / 1e9,
-    );
     anyhow::ensure!(
         c.stats().doc_count == n as u64,
         "tarn holds {} documents, not {n}",
@@ -114,7 +154,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         None,
         &tarn_ms,
     )?;
-    if args.keep {
+    if args.keep || args.reuse {
         println!(
             "kept {} (serve it with: tarn serve --data-dir {})",
             args.dir.display(),
