@@ -11,6 +11,8 @@ pub mod prune;
 pub mod rewrite;
 pub mod subfields;
 pub mod table;
+#[cfg(test)]
+mod testing;
 
 pub use engine::{ColumnField, QueryEngine, QueryOutput, QueryRequest};
 pub use rewrite::QueryParameter;

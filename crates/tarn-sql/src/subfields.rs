@@ -204,8 +204,6 @@ mod tests {
     use super::*;
     use crate::QueryEngine;
     use serde_json::json;
-    use tarn_storage::document::{IngestContext, prepare};
-    use tarn_storage::{CollectionOptions, SealPolicy, Storage};
 
     fn describe(s: &Subfields) -> String {
         s.0.iter()
@@ -242,30 +240,11 @@ mod tests {
 
     #[tokio::test]
     async fn scans_read_only_the_fields_the_query_reaches() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), SealPolicy::default()).unwrap();
-        let (_, c) = storage
-            .create_collection(
-                "commons",
-                "c",
-                "",
-                CollectionOptions::default(),
-                Default::default(),
-            )
-            .unwrap();
-        let meta = json!(null);
-        let ctx = IngestContext {
-            event_time_info: None,
-            now_micros: 0,
-            meta: &meta,
-        };
-        let doc = json!({"u": {"name": "a", "k": 1, "deep": {"a": 1, "b": 2}}, "w": {"p": 1},
-            "entities": {"hashtags": [{"text": "x"}], "urls": []}, "n": 1});
-        let text = doc.to_string().into_bytes();
-        c.insert(vec![(prepare(doc, &ctx).unwrap(), text)], Vec::new())
-            .await
-            .unwrap();
-        let engine = QueryEngine::new(storage.clone());
+        let (_dir, storage, engine) = crate::testing::engine_over(json!({
+            "u": {"name": "a", "k": 1, "deep": {"a": 1, "b": 2}}, "w": {"p": 1},
+            "entities": {"hashtags": [{"text": "x"}], "urls": []}, "n": 1
+        }))
+        .await;
         let cases = [
             ("SELECT t.u.name FROM c t", vec!["u{name}"]),
             (

@@ -431,36 +431,12 @@ impl RowFilter {
 
 #[cfg(test)]
 mod tests {
-    use crate::QueryEngine;
     use serde_json::json;
-    use tarn_storage::document::{IngestContext, prepare};
-    use tarn_storage::{CollectionOptions, SealPolicy, Storage};
 
     #[tokio::test]
     async fn filters_over_top_level_scalars_are_applied_by_the_scan_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), SealPolicy::default()).unwrap();
-        let (_, c) = storage
-            .create_collection(
-                "commons",
-                "c",
-                "",
-                CollectionOptions::default(),
-                Default::default(),
-            )
-            .unwrap();
-        let meta = json!(null);
-        let ctx = IngestContext {
-            event_time_info: None,
-            now_micros: 0,
-            meta: &meta,
-        };
-        let doc = json!({"k": 4, "ts": "100", "u": {"name": "a"}});
-        let text = doc.to_string().into_bytes();
-        c.insert(vec![(prepare(doc, &ctx).unwrap(), text)], Vec::new())
-            .await
-            .unwrap();
-        let engine = QueryEngine::new(storage.clone());
+        let (_dir, storage, engine) =
+            crate::testing::engine_over(json!({"k": 4, "ts": "100", "u": {"name": "a"}})).await;
         let plan = |sql: &'static str| {
             let engine = engine.clone();
             async move {
@@ -484,5 +460,6 @@ mod tests {
             let p = plan(sql).await;
             assert!(p.contains("Filter:"), "{sql}: {p}");
         }
+        storage.close();
     }
 }
