@@ -361,10 +361,7 @@ fn known<'a>(stats: &'a SegmentStats, op: &Operand) -> Option<Known<'a>> {
         });
     }
     let mut k = column_known(stats.columns.get(&op.path)?, op)?;
-    if !stats.nulls_counted {
-        // See `SegmentStats::column`: the count may be short.
-        k.nulls = k.nulls.max(1);
-    }
+    k.nulls = stats.trusted_nulls(k.nulls);
     Some(k)
 }
 
