@@ -217,8 +217,12 @@ impl ScalarUDFImpl for JsonFn {
     }
 }
 
+/// The name of [`ArrayFieldHas`].
+pub const ARRAY_FIELD_HAS: &str = "array_field_has";
+
 /// `array_field_has(list, 'field', x)`: whether some element's `field` (or the element itself
 /// when `field` is '') equals `x`. The rewrite of `x IN (SELECT h.field FROM UNNEST(list) h)`.
+/// Never NULL: a missing list, element or field is no match.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct ArrayFieldHas {
     signature: Signature,
@@ -226,7 +230,7 @@ struct ArrayFieldHas {
 
 impl ScalarUDFImpl for ArrayFieldHas {
     fn name(&self) -> &str {
-        "array_field_has"
+        ARRAY_FIELD_HAS
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -279,7 +283,32 @@ impl ScalarUDFImpl for ArrayFieldHas {
                 }
             }
         };
-        // The usual case, a constant: one vectorised comparison over all elements.
+        // The usual case, a constant string among strings (`'music' IN (SELECT h.text ...)`):
+        // each row's elements are compared until one matches, by length first.
+        if let (ColumnarValue::Scalar(v), Some(strings)) =
+            (&args.args[2], elements.as_string_opt::<i32>())
+            && let Some(Some(needle)) = v.try_as_str()
+        {
+            let needle = needle.as_bytes();
+            let (starts, bytes) = (strings.value_offsets(), strings.value_data());
+            let mut found = datafusion::arrow::array::BooleanBufferBuilder::new(rows);
+            let list_nulls = list.logical_nulls();
+            for row in 0..rows {
+                let hit = list_nulls.as_ref().is_none_or(|n| n.is_valid(row))
+                    && (offsets[row]..offsets[row + 1]).any(|j| {
+                        let (from, to) = (starts[j] as usize, starts[j + 1] as usize);
+                        to - from == needle.len()
+                            && &bytes[from..to] == needle
+                            && strings.is_valid(j)
+                    });
+                found.append(hit);
+            }
+            return Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
+                found.finish(),
+                None,
+            ))));
+        }
+        // Another constant: one vectorised comparison over all elements.
         if let ColumnarValue::Scalar(v) = &args.args[2] {
             let probe = match datafusion::arrow::compute::cast(
                 &v.to_array_of_size(1)?,

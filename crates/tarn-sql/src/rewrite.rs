@@ -378,9 +378,10 @@ impl Rewriter {
                 }
                 _ => None,
             };
+            // `array_field_has` is never NULL: a missing list or element is no match.
             if let Some(field) = field {
                 let call = format!(
-                    "{}coalesce(array_field_has({array}, {}, {needle}), FALSE)",
+                    "{}array_field_has({array}, {}, {needle})",
                     if *negated { "NOT " } else { "" },
                     quote(&field)
                 );
@@ -819,7 +820,7 @@ mod tests {
         );
         assert_eq!(
             out,
-            "SELECT 1 FROM t WHERE coalesce(array_field_has(t.entities.hashtags, 'text', 'music'), false)"
+            "SELECT 1 FROM t WHERE array_field_has(t.entities.hashtags, 'text', 'music')"
         );
     }
 

@@ -25,7 +25,9 @@ const NAME_KEY: &str = "tarn.name";
 const PARENT_KEY: &str = "tarn.parent";
 
 /// The fields of a struct column that a reader needs: each named field wholly (`None`) or
-/// only some of its own fields. Fields not named are returned all null.
+/// only some of its own fields. Fields not named are returned all null. Of a list of
+/// structs, the fields named are those of its elements ([`crate::narrow`]); a file holds
+/// such a list as one column and decodes it whole.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Subfields(pub BTreeMap<String, Option<Subfields>>);
 
@@ -246,7 +248,10 @@ impl FlatColumn {
 
 /// Whether a struct's `field` is read under `sub`, and how much of it. A field that cannot
 /// hold nulls is always read whole: nulls cannot stand in for it.
-fn wanted<'a>(sub: Option<&'a Subfields>, field: &Field) -> Option<Option<&'a Subfields>> {
+pub(crate) fn wanted<'a>(
+    sub: Option<&'a Subfields>,
+    field: &Field,
+) -> Option<Option<&'a Subfields>> {
     match sub {
         None => Some(None),
         Some(s) => match s.wants(field.name()) {
@@ -257,21 +262,25 @@ fn wanted<'a>(sub: Option<&'a Subfields>, field: &Field) -> Option<Option<&'a Su
     }
 }
 
-/// An all-null array, shared: a scan fills the fields it does not read with these, for
-/// every segment of the same length.
-fn null_array(data_type: &DataType, rows: usize) -> ArrayRef {
-    static SHARED: Mutex<Option<HashMap<(DataType, usize), ArrayRef>>> = Mutex::new(None);
+/// An all-null array, shared: a scan fills the fields it does not read with these. One array
+/// per type is kept, as long as the longest asked for, and shorter ones are slices of it:
+/// scans ask for every length their filters leave, and making each anew was a tenth of a
+/// filtered scan's time over a tweet's forty `user` fields.
+pub(crate) fn null_array(data_type: &DataType, rows: usize) -> ArrayRef {
+    static SHARED: Mutex<Option<HashMap<DataType, ArrayRef>>> = Mutex::new(None);
     let mut shared = SHARED.lock();
     let map = shared.get_or_insert_with(HashMap::new);
-    if let Some(a) = map.get(&(data_type.clone(), rows)) {
-        return a.clone();
+    if let Some(a) = map.get(data_type)
+        && a.len() >= rows
+    {
+        return a.slice(0, rows);
     }
     if map.len() >= 512 {
         map.clear();
     }
-    let a = arrow::array::new_null_array(data_type, rows);
-    map.insert((data_type.clone(), rows), a.clone());
-    a
+    let a = arrow::array::new_null_array(data_type, rows.max(8192));
+    map.insert(data_type.clone(), a.clone());
+    a.slice(0, rows)
 }
 
 #[cfg(test)]

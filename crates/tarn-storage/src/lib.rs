@@ -4,7 +4,8 @@
 //! - [`document`] resolves `_id`, `_event_time` and `_meta`.
 //! - [`types`], [`build`], [`adapt`], [`to_json`]: the JSON ⇄ Arrow mapping.
 //! - [`wal`]: the write-ahead log. [`segment`]: batches, statistics, deletion bitmaps, and
-//!   the files sealed segments are read from ([`layout`]: struct fields as columns);
+//!   the files sealed segments are read from ([`layout`]: struct fields as columns;
+//!   [`narrow`]: copies with only the fields a query reads);
 //!   [`cache`]: their decoded columns.
 //! - [`collection`]: one collection's writer and sealer. [`catalog`]: all of them.
 
@@ -16,6 +17,7 @@ pub mod collection;
 pub mod document;
 pub mod jsonscan;
 pub mod layout;
+pub mod narrow;
 pub mod segment;
 pub mod summary;
 pub mod tape;
