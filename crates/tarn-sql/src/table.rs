@@ -174,8 +174,13 @@ impl datafusion::catalog::TableProvider for CollectionTable {
             row_filter,
             retention_cutoff: cutoff,
         };
+        // Newest segments first (runs of the mutable segment, then sealed ones from the
+        // last): dashboards ask for the latest rows (`ORDER BY timestamp DESC LIMIT n`), and
+        // DataFusion's top-n then fills its heap from the newest segment and turns older
+        // rows away with one comparison instead of inserting every row of the window.
         let tasks: Vec<(SegmentEntry, bool)> = chosen
             .into_iter()
+            .rev()
             .map(|(entry, whole)| (entry.clone(), whole))
             .collect();
         let n = state
