@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::datasource::{provider_as_source, source_as_provider};
@@ -297,14 +296,7 @@ impl OptimizerRule for NarrowStructScans {
             let mut subfields = HashMap::new();
             for i in columns {
                 let f = schema.field(i);
-                let narrowable = |t: &DataType| {
-                    matches!(t, DataType::Struct(_)) && !tarn_storage::types::is_variant(t)
-                };
-                let narrowable = match f.data_type() {
-                    DataType::List(element) => narrowable(element.data_type()),
-                    t => narrowable(t),
-                };
-                if !narrowable {
+                if !tarn_storage::narrow::narrowable(f.data_type()) {
                     continue;
                 }
                 // A projected column with no use found is read whole.

@@ -146,14 +146,14 @@ impl datafusion::catalog::TableProvider for CollectionTable {
         let sealed_exact_keep = exact_pruner.as_ref().map(|p| p.keep_each(sealed));
         // Each segment that may hold rows that pass, and whether every row passes the
         // exact filters.
-        let mut chosen: Vec<(&SegmentEntry, bool)> = Vec::new();
+        let mut chosen: Vec<(SegmentEntry, bool)> = Vec::new();
         for (i, entry) in sealed.entries.iter().enumerate() {
             if sealed.live_rows[i] > 0
                 && cutoff.is_none_or(|c| sealed.event_times[i].1 >= c)
                 && let Some(whole) =
                     decide(sealed_keep[i], sealed_exact_keep.as_ref().map(|k| k[i]))
             {
-                chosen.push((entry, whole));
+                chosen.push((entry.clone(), whole));
             }
         }
         for entry in &self.snapshot.runs {
@@ -165,7 +165,7 @@ impl datafusion::catalog::TableProvider for CollectionTable {
                     exact_pruner.as_ref().map(|p| p.keep(stats)),
                 )
             {
-                chosen.push((entry, whole));
+                chosen.push((entry.clone(), whole));
             }
         }
         let reader = SegmentReader {
@@ -178,18 +178,13 @@ impl datafusion::catalog::TableProvider for CollectionTable {
         // last): dashboards ask for the latest rows (`ORDER BY timestamp DESC LIMIT n`), and
         // DataFusion's top-n then fills its heap from the newest segment and turns older
         // rows away with one comparison instead of inserting every row of the window.
-        let tasks: Vec<(SegmentEntry, bool)> = chosen
-            .into_iter()
-            .rev()
-            .map(|(entry, whole)| (entry.clone(), whole))
-            .collect();
         let n = state
             .config()
             .target_partitions()
             .max(1)
-            .min(tasks.len().max(1));
+            .min(chosen.len().max(1));
         let mut partitions: Vec<Vec<(SegmentEntry, bool)>> = vec![Vec::new(); n];
-        for (i, task) in tasks.into_iter().enumerate() {
+        for (i, task) in chosen.into_iter().rev().enumerate() {
             partitions[i % n].push(task);
         }
         Ok(Arc::new(SegmentsExec::new(reader, partitions)))

@@ -23,6 +23,14 @@ fn narrowable_struct(data_type: &DataType) -> bool {
     matches!(data_type, DataType::Struct(f) if !f.is_empty()) && !types::is_variant(data_type)
 }
 
+/// Whether a scan can read a column of this type in part: such a struct, or a list of them.
+pub fn narrowable(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::List(element) => narrowable_struct(element.data_type()),
+        t => narrowable_struct(t),
+    }
+}
+
 /// The rows `indices` of `column`, in that order. Of the fields `sub` leaves out (of a struct,
 /// or of the structs a list holds), the copy holds nulls; `sub` = `None` copies all of it.
 pub fn take_fields(
