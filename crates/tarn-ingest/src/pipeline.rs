@@ -463,6 +463,7 @@ fn prepare_records(
     label: &str,
     now_micros: i64,
 ) -> (Vec<(Document, Vec<u8>)>, Vec<IngestError>) {
+    let _preparing = tarn_storage::build::Preparing::start();
     let mut bad = Vec::new();
     let mut docs = Vec::with_capacity(records.len());
     for r in records {

@@ -434,6 +434,7 @@ async fn add_documents(
             }
         }
     } else {
+        let _preparing = tarn_storage::build::Preparing::start();
         for span in &spans {
             let text = &body[span.start..span.end];
             let prepared = prepare_text(text, &ctx)

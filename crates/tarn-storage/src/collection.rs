@@ -439,7 +439,7 @@ pub fn prepare_write(
             .map(|(k, v)| k.len() + v.len() + 8)
             .sum::<usize>()
         + 32;
-    let mut framed = Vec::with_capacity(size);
+    let mut framed = crate::wal::record_buffer(size);
     WalRecord::Insert {
         docs: logged,
         checkpoints: checkpoints.to_vec(),
@@ -979,7 +979,9 @@ impl Writer {
         write: PreparedWrite,
         checkpoints: &[(String, String)],
     ) -> Vec<DocStatus> {
-        if write.ids.is_empty() {
+        let PreparedWrite { batch, ids, framed } = write;
+        crate::wal::recycle_record_buffer(framed);
+        if ids.is_empty() {
             // A position-only record (a source moved past records that made no documents,
             // or reached the end of a shard): no segment, only the checkpoints.
             let mut s = self.state.write();
@@ -992,8 +994,8 @@ impl Writer {
         self.next_segment_id += 1;
         let mut own_deleted = DeleteBitmap::default();
         let mut elsewhere: Vec<Loc> = Vec::new();
-        let mut statuses = Vec::with_capacity(write.ids.len());
-        for (row, id) in write.ids.into_iter().enumerate() {
+        let mut statuses = Vec::with_capacity(ids.len());
+        for (row, id) in ids.into_iter().enumerate() {
             match self.index.insert(
                 id,
                 Loc {
@@ -1012,7 +1014,7 @@ impl Writer {
                 None => statuses.push(DocStatus::Added),
             }
         }
-        let segment = Segment::new(seg_id, write.batch);
+        let segment = Segment::new(seg_id, batch);
         let added = segment.stats.rows - own_deleted.count() as u64;
         {
             let mut s = self.state.write();

@@ -198,6 +198,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                         let Some(chunk) = chunks.get(i) else {
                             return Ok(());
                         };
+                        let preparing = tarn_storage::build::Preparing::start();
                         let docs = chunk
                             .iter()
                             .map(|l| {
@@ -209,6 +210,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                                 ))
                             })
                             .collect::<anyhow::Result<Vec<_>>>()?;
+                        drop(preparing);
                         c.insert_blocking(docs, Vec::new())?;
                     }
                 })

@@ -243,6 +243,7 @@ fn load(path: &Path, c: &tarn_storage::Collection) -> anyhow::Result<()> {
                     let Ok(lines) = rx.lock().expect("not poisoned").recv() else {
                         return Ok(());
                     };
+                    let preparing = tarn_storage::build::Preparing::start();
                     let docs = lines
                         .into_iter()
                         .map(|l| {
@@ -252,6 +253,7 @@ fn load(path: &Path, c: &tarn_storage::Collection) -> anyhow::Result<()> {
                             Ok((doc, l))
                         })
                         .collect::<anyhow::Result<Vec<_>>>()?;
+                    drop(preparing);
                     c.insert_blocking(docs, Vec::new())?;
                 }
             }));

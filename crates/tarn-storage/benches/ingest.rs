@@ -1,0 +1,166 @@
+//! Storage-engine ingest throughput, without the rest of tarn: `cargo bench -p tarn-storage
+//! --bench ingest`. Loads an NDJSON file of tweets (`TARN_BENCH_NDJSON`, by default the
+//! recorded tweets in `../shared/data/real-tweets.ndjson` repeated to ~200 MB) the way
+//! `tarn bench` does, and prints MB per CPU-second: the figure issue 3's 100 MB/s per
+//! core is about, measured here in a build of this crate alone.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use serde_json::json;
+use tarn_storage::build::{Preparing, documents_to_batch_texts};
+use tarn_storage::catalog::{DEFAULT_WORKSPACE, Storage};
+use tarn_storage::collection::{CollectionOptions, SealPolicy};
+use tarn_storage::document::{EventTimeInfo, IngestContext, parse_limited, prepare, prepare_text};
+
+// The allocator the `tarn` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// CPU seconds (user and system, all threads) this process has used so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("reading /proc/self/stat");
+    let rest = stat.rsplit_once(')').expect("a stat line").1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime")) / 100.0
+}
+
+fn input() -> Vec<u8> {
+    let path = std::env::var_os("TARN_BENCH_NDJSON").map(PathBuf::from);
+    let limit: usize = std::env::var("TARN_BENCH_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200)
+        << 20;
+    let (path, repeat) = match path {
+        Some(p) => (p, false),
+        None => (
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/data/real-tweets.ndjson"),
+            true,
+        ),
+    };
+    let text = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading {} (set TARN_BENCH_NDJSON to an NDJSON file): {e}",
+            path.display()
+        )
+    });
+    let mut out = Vec::with_capacity(limit + text.len());
+    for line in text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .cycle()
+    {
+        if out.len() >= limit || (!repeat && out.len() >= text.len()) {
+            break;
+        }
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The stages alone, on one thread, over the first 20,000 documents: the best of five
+/// rounds, which the machine's noise disturbs least.
+fn stages(lines: &[&[u8]], ctx: &IngestContext) {
+    let lines = &lines[..lines.len().min(20_000)];
+    let mb = lines.iter().map(|l| l.len()).sum::<usize>() as f64 / 1e6;
+    let best = |f: &mut dyn FnMut()| {
+        (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                f();
+                started.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let prepare = |l: &&[u8]| prepare_text(l, ctx).expect("on a tape").expect("valid");
+    let parse = best(&mut || {
+        std::hint::black_box(lines.iter().map(prepare).collect::<Vec<_>>());
+    });
+    let docs: Vec<_> = lines.iter().map(prepare).collect();
+    let pairs: Vec<_> = docs.iter().zip(lines).map(|(d, l)| (d, *l)).collect();
+    let build = best(&mut || {
+        for chunk in pairs.chunks(2000) {
+            std::hint::black_box(documents_to_batch_texts(chunk));
+        }
+    });
+    println!(
+        "one thread: parse and prepare {:.1} MB/s, build columns {:.1} MB/s",
+        mb / parse,
+        mb / build
+    );
+}
+
+fn main() {
+    let text = input();
+    let lines: Vec<&[u8]> = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mb = text.len() as f64 / 1e6;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let _entered = runtime.enter();
+    let storage = Storage::open(dir.path(), SealPolicy::default()).expect("opening storage");
+    let options = CollectionOptions {
+        event_time_info: Some(EventTimeInfo {
+            field: "timestamp_ms".into(),
+            format: Some("milliseconds_since_epoch".into()),
+            time_zone: None,
+        }),
+        retention_secs: None,
+    };
+    let (info, c) = storage
+        .create_collection(DEFAULT_WORKSPACE, "bench", "", options, Default::default())
+        .expect("creating the collection");
+    let meta = json!({"source": "bench"});
+    let ctx = IngestContext {
+        event_time_info: info.options.event_time_info.as_ref(),
+        now_micros: 0,
+        meta: &meta,
+    };
+    stages(&lines, &ctx);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunks: Vec<&[&[u8]]> = lines.chunks(2000).collect();
+    let next = AtomicUsize::new(0);
+    let (started, cpu_before) = (Instant::now(), cpu_seconds());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while let Some(chunk) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let preparing = Preparing::start();
+                    let docs = chunk
+                        .iter()
+                        .map(|l| {
+                            let doc = prepare_text(l, &ctx).unwrap_or_else(|| {
+                                prepare(parse_limited(l, 0).expect("JSON"), &ctx)
+                            });
+                            (doc.expect("a valid document"), l.to_vec())
+                        })
+                        .collect();
+                    drop(preparing);
+                    c.insert_blocking(docs, Vec::new()).expect("inserting");
+                }
+            });
+        }
+    });
+    let (secs, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu_before);
+    println!(
+        "acknowledged: {} docs, {mb:.1} MB in {secs:.2} s: {:.1} MB/s, {:.1} MB per CPU-second \
+         ({cpu:.2} CPU-s on {workers} cores)",
+        lines.len(),
+        mb / secs,
+        mb / cpu
+    );
+    // The whole cost: the rest of the documents sealed into segment files too.
+    runtime.block_on(c.seal()).expect("sealing");
+    let (secs, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu_before);
+    println!(
+        "sealed: {mb:.1} MB in {secs:.2} s: {:.1} MB/s, {:.1} MB per CPU-second",
+        mb / secs,
+        mb / cpu
+    );
+}
