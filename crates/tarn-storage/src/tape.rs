@@ -1062,9 +1062,28 @@ fn two_passes(tapes: &[Tape]) -> Option<Vec<(Field, ArrayRef)>> {
 /// The body columns and each document's explicit nulls (as [`null_pointers`]) in one pass:
 /// each value is appended to its path's builder as the documents are read. A path whose
 /// values change type (which the value path stores as a variant, or as a wider type) is
-/// `NotOnTape`, and so is a key given twice.
-fn one_pass(tapes: &[Tape]) -> Result<(Vec<(Field, ArrayRef)>, StringArray), NotOnTape> {
-    let mut root = StructCol::new(0, tapes.len());
+/// gathered and typed at the end instead ([`MixedPaths`]). A key given twice is
+/// `NotOnTape`, and so is a batch that changes more paths than are learnt.
+fn one_pass<'t>(tapes: &'t [Tape<'t>]) -> Result<(Vec<(Field, ArrayRef)>, StringArray), NotOnTape> {
+    // A path seen to change type is learnt, and the pass begins again with it mixed; a
+    // few times at most, since streams change few paths.
+    for _ in 0..4 {
+        let known = MIXED_PATHS.read().clone();
+        match one_pass_with(tapes, known) {
+            Ok(built) => return Ok(built),
+            Err(OnePassError::Changed(path)) if learn_mixed_path(&path) => continue,
+            Err(_) => return Err(NotOnTape),
+        }
+    }
+    Err(NotOnTape)
+}
+
+/// [`one_pass`] with the paths learnt so far built as mixed.
+fn one_pass_with<'t>(
+    tapes: &'t [Tape<'t>],
+    mixed: Option<Arc<MixedPaths>>,
+) -> Result<(Vec<(Field, ArrayRef)>, StringArray), OnePassError> {
+    let mut root = StructCol::new(0, tapes.len(), mixed);
     let mut nulls = NullsSeen::default();
     let mut pointers = StringBuilder::with_capacity(tapes.len(), tapes.len() * 64);
     for t in tapes {
@@ -1077,7 +1096,7 @@ fn one_pass(tapes: &[Tape]) -> Result<(Vec<(Field, ArrayRef)>, StringArray), Not
             nulls.out.clear();
         }
     }
-    Ok((root.finish_fields(), pointers.finish()))
+    Ok((root.finish_fields()?, pointers.finish()))
 }
 
 /// Where a one-pass build is in the current document, and the pointers of the explicit
@@ -1167,18 +1186,23 @@ fn push_decimal(out: &mut String, mut n: usize) {
 }
 
 /// The builder of one path's column, typed by the first non-null value.
-enum Col {
-    /// Only nulls (or nothing) so far: this many, of about `rows_hint` rows to come.
+enum Col<'t> {
+    /// Only nulls (or nothing) so far: this many, of about `rows_hint` rows to come; with
+    /// the mixed paths below, for the struct or list it may become.
     Pending {
         nulls: usize,
         rows_hint: usize,
+        mixed: Option<Arc<MixedPaths>>,
     },
     Bool(BooleanBuilder),
     Int(Int64Builder),
     Float(Float64Builder),
     Str(StringBuilder),
-    Struct(Box<StructCol>),
-    List(Box<ListCol>),
+    Struct(Box<StructCol<'t>>),
+    List(Box<ListCol<'t>>),
+    /// A path whose values change type: its values (`None` where a row has none), typed
+    /// and built at the end.
+    Mixed(Vec<Option<V<'t>>>),
 }
 
 /// `a == b` for object keys, without a call to `memcmp` for the short keys documents mostly
@@ -1198,12 +1222,108 @@ fn same_key(a: &str, b: &str) -> bool {
     }
 }
 
+/// Why a one-pass build stopped.
+#[derive(Debug, PartialEq)]
+enum OnePassError {
+    /// The tapes are not built this way at all (a key given twice, say).
+    NotOnTape,
+    /// The values at this path change type; its steps innermost first.
+    Changed(Vec<MixedStep>),
+}
+
+impl From<NotOnTape> for OnePassError {
+    fn from(_: NotOnTape) -> OnePassError {
+        OnePassError::NotOnTape
+    }
+}
+
+/// A step of a path to a column: a field of a struct, or a list's items.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum MixedStep {
+    Key(String),
+    Items,
+}
+
+/// Paths whose values were seen to change type, in any batch so far: their columns gather
+/// their values and are typed and built at the end (as two passes would build them), while
+/// the rest of the batch is still built in one pass. Streams keep their shapes, so a path
+/// learnt once is mixed in the batches after it too: one recorded tweet in two hundred has a
+/// count written as a string, and that sent whole batches to two passes, at half the speed.
+#[derive(Debug, Default, Clone)]
+struct MixedPaths {
+    here: bool,
+    fields: HashMap<String, Arc<MixedPaths>>,
+    items: Option<Arc<MixedPaths>>,
+}
+
+/// Learnt paths, for all collections: a path built as mixed gets the same column it would
+/// get otherwise, only more slowly, so sharing them costs little and keeps no state per
+/// collection.
+static MIXED_PATHS: parking_lot::RwLock<Option<Arc<MixedPaths>>> = parking_lot::RwLock::new(None);
+/// At most this many paths are learnt; past that, batches with new changes go two passes.
+const MAX_MIXED_PATHS: usize = 256;
+static MIXED_PATH_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl MixedPaths {
+    fn field(this: &Option<Arc<MixedPaths>>, k: &str) -> Option<Arc<MixedPaths>> {
+        this.as_ref().and_then(|m| m.fields.get(k).cloned())
+    }
+
+    fn items(this: &Option<Arc<MixedPaths>>) -> Option<Arc<MixedPaths>> {
+        this.as_ref().and_then(|m| m.items.clone())
+    }
+
+    fn is_here(this: &Option<Arc<MixedPaths>>) -> bool {
+        this.as_ref().is_some_and(|m| m.here)
+    }
+
+    /// A copy with `path` (outermost step first) marked; `None` if it was marked already.
+    fn with(&self, path: &[MixedStep]) -> Option<MixedPaths> {
+        let mut out = self.clone();
+        match path.split_first() {
+            None if self.here => return None,
+            None => out.here = true,
+            Some((step, rest)) => {
+                let slot = match step {
+                    MixedStep::Key(k) => out.fields.entry(k.clone()).or_default(),
+                    MixedStep::Items => out.items.get_or_insert_with(Default::default),
+                };
+                *slot = Arc::new(slot.with(rest)?);
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Marks `path` (innermost step first) as mixed for the builds to come; false when it cannot
+/// be learnt (known already, or too many are).
+fn learn_mixed_path(innermost_first: &[MixedStep]) -> bool {
+    use std::sync::atomic::Ordering;
+    let path: Vec<MixedStep> = innermost_first.iter().rev().cloned().collect();
+    let mut known = MIXED_PATHS.write();
+    if MIXED_PATH_COUNT.load(Ordering::Relaxed) >= MAX_MIXED_PATHS {
+        return false;
+    }
+    let updated = match known.as_deref() {
+        Some(paths) => paths.with(&path),
+        None => MixedPaths::default().with(&path),
+    };
+    match updated {
+        Some(paths) => {
+            *known = Some(Arc::new(paths));
+            MIXED_PATH_COUNT.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        None => false,
+    }
+}
+
 /// A struct's builder. Its fields' columns may lag behind its own rows: the rows they lack
 /// are nulls, appended in one go when the next value comes (or at the end). So a row
 /// without the struct, or without some of its fields, costs nothing per field: tweets
 /// without `retweeted_status` were a null appended to each of its hundred columns.
-struct StructCol {
-    fields: Vec<(String, Col)>,
+struct StructCol<'t> {
+    fields: Vec<(String, Col<'t>)>,
     /// The rows each field's column holds so far.
     lens: Vec<usize>,
     index: HashMap<String, usize, foldhash::quality::RandomState>,
@@ -1211,16 +1331,18 @@ struct StructCol {
     /// How many rows this struct's columns are expected to hold: their builders start
     /// that large instead of growing (and copying) their way there.
     rows_hint: usize,
+    /// The mixed paths below this struct.
+    mixed: Option<Arc<MixedPaths>>,
 }
 
-struct ListCol {
+struct ListCol<'t> {
     offsets: Vec<i32>,
     validity: BooleanBufferBuilder,
-    item: Col,
+    item: Col<'t>,
 }
 
-impl StructCol {
-    fn new(nulls: usize, rows_hint: usize) -> StructCol {
+impl<'t> StructCol<'t> {
+    fn new(nulls: usize, rows_hint: usize, mixed: Option<Arc<MixedPaths>>) -> StructCol<'t> {
         let mut validity = BooleanBufferBuilder::new(nulls.max(rows_hint).max(16));
         validity.append_n(nulls, false);
         StructCol {
@@ -1229,6 +1351,7 @@ impl StructCol {
             index: HashMap::default(),
             validity,
             rows_hint,
+            mixed,
         }
     }
 
@@ -1236,11 +1359,11 @@ impl StructCol {
         self.validity.len()
     }
 
-    fn append_object<'t>(
+    fn append_object(
         &mut self,
         obj: Obj<'t>,
         nulls: &mut NullsSeen<'t>,
-    ) -> Result<(), NotOnTape> {
+    ) -> Result<(), OnePassError> {
         let row = self.len();
         // Documents of one stream mostly list their keys in one order, some of them left
         // out: the field after the last one matched is the likely next.
@@ -1251,11 +1374,8 @@ impl StructCol {
                 _ => match self.index.get(k) {
                     Some(&i) => i,
                     None => {
-                        let pending = Col::Pending {
-                            nulls: 0,
-                            rows_hint: self.rows_hint,
-                        };
-                        self.fields.push((k.to_owned(), pending));
+                        let col = Col::new(self.rows_hint, MixedPaths::field(&self.mixed, k));
+                        self.fields.push((k.to_owned(), col));
                         self.lens.push(0);
                         self.index.insert(k.to_owned(), self.fields.len() - 1);
                         self.fields.len() - 1
@@ -1268,20 +1388,31 @@ impl StructCol {
             match lagging {
                 Some(0) => {}
                 Some(n) => col.append_nulls(n),
-                None => return Err(NotOnTape), // the key was given twice
+                None => return Err(OnePassError::NotOnTape), // the key was given twice
             }
-            match v.node() {
+            let appended = match v.node() {
                 Node::Null => {
                     nulls.null_at(k);
-                    col.append_null();
+                    match col {
+                        // A variant keeps an explicit null as JSON's `null`.
+                        Col::Mixed(values) => values.push(Some(v)),
+                        _ => col.append_null(),
+                    }
+                    Ok(())
                 }
                 Node::Object { .. } | Node::Array { .. } => {
                     nulls.enter(PathStep::Key(k));
-                    col.append(v, nulls)?;
+                    let appended = col.append(v, nulls);
                     nulls.leave();
+                    appended
                 }
-                _ => col.append(v, nulls)?,
+                _ => col.append(v, nulls),
+            };
+            if let Err(OnePassError::Changed(mut path)) = appended {
+                path.push(MixedStep::Key(k.to_owned()));
+                return Err(OnePassError::Changed(path));
             }
+            appended?;
         }
         self.validity.append(true);
         Ok(())
@@ -1292,23 +1423,23 @@ impl StructCol {
     }
 
     /// The fields' columns, each brought up to the struct's rows.
-    fn finish_fields(&mut self) -> Vec<(Field, ArrayRef)> {
+    fn finish_fields(&mut self) -> Result<Vec<(Field, ArrayRef)>, NotOnTape> {
         let len = self.len();
         std::mem::take(&mut self.fields)
             .into_iter()
             .zip(std::mem::take(&mut self.lens))
             .map(|((name, mut col), col_len)| {
                 col.append_nulls(len - col_len);
-                let (dt, array) = col.finish();
-                (Field::new(name, dt, true), array)
+                let (dt, array) = col.finish()?;
+                Ok((Field::new(name, dt, true), array))
             })
             .collect()
     }
 
-    fn finish(mut self) -> (DataType, ArrayRef) {
+    fn finish(mut self) -> Result<(DataType, ArrayRef), NotOnTape> {
         let len = self.len();
         let (fields, children): (Vec<Field>, Vec<ArrayRef>) =
-            self.finish_fields().into_iter().unzip();
+            self.finish_fields()?.into_iter().unzip();
         let validity = NullBuffer::new(self.validity.finish());
         let fields = Fields::from(fields);
         let array: ArrayRef = if fields.is_empty() {
@@ -1316,12 +1447,12 @@ impl StructCol {
         } else {
             Arc::new(StructArray::new(fields.clone(), children, Some(validity)))
         };
-        (DataType::Struct(fields), array)
+        Ok((DataType::Struct(fields), array))
     }
 }
 
-impl ListCol {
-    fn new(nulls: usize, rows_hint: usize) -> ListCol {
+impl<'t> ListCol<'t> {
+    fn new(nulls: usize, rows_hint: usize, mixed: Option<Arc<MixedPaths>>) -> ListCol<'t> {
         let mut validity = BooleanBufferBuilder::new(nulls.max(rows_hint).max(16));
         validity.append_n(nulls, false);
         let mut offsets = Vec::with_capacity(nulls.max(rows_hint) + 1);
@@ -1330,23 +1461,26 @@ impl ListCol {
             offsets,
             validity,
             // About one item a row: lists of tweets' entities mostly hold none to a few.
-            item: Col::Pending {
-                nulls: 0,
-                rows_hint,
-            },
+            item: Col::new(rows_hint, MixedPaths::items(&mixed)),
         }
     }
 
-    fn append_items<'t>(&mut self, v: V<'t>, nulls: &mut NullsSeen<'t>) -> Result<(), NotOnTape> {
+    fn append_items(&mut self, v: V<'t>, nulls: &mut NullsSeen<'t>) -> Result<(), OnePassError> {
         for (i, item) in v.items().enumerate() {
             // An array's null items are nulls of its list, so only containers are walked.
-            if item.is_object() || item.is_array() {
+            let appended = if item.is_object() || item.is_array() {
                 nulls.enter(PathStep::Index(i));
-                self.item.append(item, nulls)?;
+                let appended = self.item.append(item, nulls);
                 nulls.leave();
+                appended
             } else {
-                self.item.append(item, nulls)?;
+                self.item.append(item, nulls)
+            };
+            if let Err(OnePassError::Changed(mut path)) = appended {
+                path.push(MixedStep::Items);
+                return Err(OnePassError::Changed(path));
             }
+            appended?;
         }
         self.offsets
             .push(i32::try_from(self.item.len()).map_err(|_| NotOnTape)?);
@@ -1360,9 +1494,9 @@ impl ListCol {
         self.validity.append_n(n, false);
     }
 
-    fn finish(mut self) -> (DataType, ArrayRef) {
+    fn finish(mut self) -> Result<(DataType, ArrayRef), NotOnTape> {
         let validity = NullBuffer::new(self.validity.finish());
-        let (item_type, items) = self.item.finish();
+        let (item_type, items) = self.item.finish()?;
         let item = Arc::new(Field::new("item", item_type, true));
         let array = ListArray::new(
             item.clone(),
@@ -1370,11 +1504,24 @@ impl ListCol {
             items,
             Some(validity),
         );
-        (DataType::List(item), Arc::new(array))
+        Ok((DataType::List(item), Arc::new(array)))
     }
 }
 
-impl Col {
+impl<'t> Col<'t> {
+    /// An empty column of about `rows_hint` rows to come, at a path marked mixed or not.
+    fn new(rows_hint: usize, mixed: Option<Arc<MixedPaths>>) -> Col<'t> {
+        if MixedPaths::is_here(&mixed) {
+            Col::Mixed(Vec::new())
+        } else {
+            Col::Pending {
+                nulls: 0,
+                rows_hint,
+                mixed,
+            }
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Col::Pending { nulls, .. } => *nulls,
@@ -1384,19 +1531,12 @@ impl Col {
             Col::Str(b) => b.len(),
             Col::Struct(s) => s.len(),
             Col::List(l) => l.offsets.len() - 1,
+            Col::Mixed(values) => values.len(),
         }
     }
 
     fn append_null(&mut self) {
-        match self {
-            Col::Pending { nulls, .. } => *nulls += 1,
-            Col::Bool(b) => b.append_null(),
-            Col::Int(b) => b.append_null(),
-            Col::Float(b) => b.append_null(),
-            Col::Str(b) => b.append_null(),
-            Col::Struct(s) => s.append_nulls(1),
-            Col::List(l) => l.append_nulls(1),
-        }
+        self.append_nulls(1);
     }
 
     fn append_nulls(&mut self, n: usize) {
@@ -1408,24 +1548,28 @@ impl Col {
             Col::Str(b) => b.append_nulls(n),
             Col::Struct(s) => s.append_nulls(n),
             Col::List(l) => l.append_nulls(n),
+            Col::Mixed(values) => values.resize(values.len() + n, None),
         }
     }
 
-    /// Appends a value; one of another type than the column's so far is `NotOnTape`.
+    /// Appends a value; one of another type than the column's so far is
+    /// `OnePassError::Changed` (with an empty path: the callers above add their steps).
     /// `nulls.path` is the value's own path.
-    fn append<'t>(&mut self, v: V<'t>, nulls: &mut NullsSeen<'t>) -> Result<(), NotOnTape> {
+    fn append(&mut self, v: V<'t>, nulls: &mut NullsSeen<'t>) -> Result<(), OnePassError> {
         let node = v.node();
         if let Col::Pending {
             nulls: n,
             rows_hint,
-        } = *self
+            mixed,
+        } = self
         {
+            let (n, rows_hint) = (*n, *rows_hint);
             let capacity = n.max(rows_hint).max(16);
             *self = match node {
-                Node::Null => Col::Pending {
-                    nulls: n,
-                    rows_hint,
-                },
+                Node::Null => {
+                    self.append_nulls(1);
+                    return Ok(());
+                }
                 Node::Bool(_) => {
                     let mut b = BooleanBuilder::with_capacity(capacity);
                     b.append_nulls(n);
@@ -1448,12 +1592,22 @@ impl Col {
                     b.append_nulls(n);
                     Col::Str(b)
                 }
-                Node::Object { .. } => Col::Struct(Box::new(StructCol::new(n, rows_hint))),
-                Node::Array { .. } => Col::List(Box::new(ListCol::new(n, rows_hint))),
-                Node::UInt(_) => return Err(NotOnTape),
+                Node::Object { .. } => {
+                    Col::Struct(Box::new(StructCol::new(n, rows_hint, mixed.take())))
+                }
+                Node::Array { .. } => Col::List(Box::new(ListCol::new(n, rows_hint, mixed.take()))),
+                // A variant in the value path: built as one.
+                Node::UInt(_) => return Err(OnePassError::Changed(Vec::new())),
             };
         }
         match (self, node) {
+            (Col::Mixed(values), _) => {
+                if v.is_object() || v.is_array() {
+                    // The value is not walked by a builder, so its nulls are looked for here.
+                    nested_nulls(v, &mut nulls.path, &mut nulls.out);
+                }
+                values.push(Some(v));
+            }
             (col, Node::Null) => col.append_null(),
             (Col::Bool(b), Node::Bool(x)) => b.append_value(x),
             (Col::Int(b), Node::Int(x)) => b.append_value(x),
@@ -1461,21 +1615,32 @@ impl Col {
             (Col::Str(b), Node::Str { .. }) => b.append_value(v.str().unwrap_or_default()),
             (Col::Struct(s), Node::Object { .. }) => s.append_object((v, false), nulls)?,
             (Col::List(l), Node::Array { .. }) => l.append_items(v, nulls)?,
-            _ => return Err(NotOnTape),
+            _ => return Err(OnePassError::Changed(Vec::new())),
         }
         Ok(())
     }
 
-    fn finish(self) -> (DataType, ArrayRef) {
-        match self {
+    fn finish(self) -> Result<(DataType, ArrayRef), NotOnTape> {
+        Ok(match self {
             Col::Pending { nulls, .. } => (DataType::Null, new_null_array(&DataType::Null, nulls)),
             Col::Bool(mut b) => (DataType::Boolean, Arc::new(b.finish())),
             Col::Int(mut b) => (DataType::Int64, Arc::new(b.finish())),
             Col::Float(mut b) => (DataType::Float64, Arc::new(b.finish())),
             Col::Str(mut b) => (DataType::Utf8, Arc::new(b.finish())),
-            Col::Struct(s) => s.finish(),
-            Col::List(l) => l.finish(),
-        }
+            Col::Struct(s) => s.finish()?,
+            Col::List(l) => l.finish()?,
+            Col::Mixed(values) => {
+                // Typed as two passes type a path: the merge of its values' types.
+                let mut dt = DataType::Null;
+                for v in values.iter().flatten() {
+                    if !fits(&dt, *v) {
+                        dt = types::merge(&dt, &infer(*v)?);
+                    }
+                }
+                let array = build(&values, &dt)?;
+                (dt, array)
+            }
+        })
     }
 }
 
@@ -1581,27 +1746,53 @@ mod tests {
     }
 
     #[test]
-    fn one_pass_builds_tweets_and_leaves_type_changes_to_two_passes() {
+    fn one_pass_builds_paths_that_change_type_as_two_passes_do() {
         let texts = [
             r#"{"a":1,"o":{"x":null},"l":[]}"#,
             r#"{"o":{"x":"s","y":[1]},"a":2,"l":[{"k":true}]}"#,
         ];
         let parsed = parse_all(&texts);
-        assert!(one_pass(&tapes_of(&texts, &parsed)).is_ok());
-        for changed in [
-            r#"{"a":"one"}"#,
-            r#"{"a":1.5}"#,
-            r#"{"o":[1]}"#,
-            r#"{"a":18446744073709551615}"#,
+        assert!(one_pass_with(&tapes_of(&texts, &parsed), None).is_ok());
+        for (changed, path) in [
+            (r#"{"a":"one"}"#, vec![MixedStep::Key("a".into())]),
+            (r#"{"a":1.5}"#, vec![MixedStep::Key("a".into())]),
+            (r#"{"o":[1]}"#, vec![MixedStep::Key("o".into())]),
+            (
+                r#"{"a":18446744073709551615}"#,
+                vec![MixedStep::Key("a".into())],
+            ),
+            (
+                r#"{"o":{"x":{"z":null,"w":[{"v":null}]},"y":[2]}}"#,
+                vec![MixedStep::Key("o".into()), MixedStep::Key("x".into())],
+            ),
+            (
+                r#"{"l":[{"k":"yes"}]}"#,
+                vec![
+                    MixedStep::Key("l".into()),
+                    MixedStep::Items,
+                    MixedStep::Key("k".into()),
+                ],
+            ),
         ] {
-            let both = [texts[0], changed];
-            let parsed = parse_all(&both);
+            let all = [texts[0], texts[1], changed];
+            let parsed = parse_all(&all);
+            let tapes = tapes_of(&all, &parsed);
+            // Unlearnt, the pass stops at the path and names it.
+            let mut innermost_first = path.clone();
+            innermost_first.reverse();
             assert_eq!(
-                one_pass(&tapes_of(&both, &parsed)).err(),
-                Some(NotOnTape),
+                one_pass_with(&tapes, None).err(),
+                Some(OnePassError::Changed(innermost_first)),
                 "{changed}"
             );
-            assert_same(&[texts[0], changed]);
+            // Learnt, the path is gathered and typed at the end: the columns and the nulls
+            // are those of two passes (which `assert_same` holds to the value path's).
+            let learnt = Arc::new(MixedPaths::default().with(&path).expect("a new path"));
+            let (body, nulls) = one_pass_with(&tapes, Some(learnt)).expect("built in one pass");
+            assert_bodies_equal(&body, &two_passes(&tapes).expect("two passes"), &all);
+            let walked: StringArray = tapes.iter().map(|t| null_pointers(t.root())).collect();
+            assert_eq!(nulls, walked, "{changed}");
+            assert_same(&all);
         }
     }
 
