@@ -1295,8 +1295,9 @@ impl MixedPaths {
     }
 }
 
-/// Marks `path` (innermost step first) as mixed for the builds to come; false when it cannot
-/// be learnt (known already, or too many are).
+/// Marks `path` (innermost step first) as mixed for the builds to come; false when too many
+/// are learnt already. A path another build learnt meanwhile counts as learnt: the next
+/// pass sees it.
 fn learn_mixed_path(innermost_first: &[MixedStep]) -> bool {
     use std::sync::atomic::Ordering;
     let path: Vec<MixedStep> = innermost_first.iter().rev().cloned().collect();
@@ -1314,7 +1315,7 @@ fn learn_mixed_path(innermost_first: &[MixedStep]) -> bool {
             MIXED_PATH_COUNT.fetch_add(1, Ordering::Relaxed);
             true
         }
-        None => false,
+        None => true,
     }
 }
 
