@@ -96,39 +96,33 @@ static BUILDS_UNDER_WAY: AtomicUsize = AtomicUsize::new(0);
 /// Threads parsing a batch of documents for storage, as [`Preparing`] counts them.
 static PREPARING: AtomicUsize = AtomicUsize::new(0);
 
-/// Counts one build under way for as long as it lives.
-struct BuildUnderWay;
+/// Counts one piece of ingest work under way in its counter, for as long as it lives.
+struct UnderWay(&'static AtomicUsize);
 
-impl BuildUnderWay {
-    /// Counts this build; returns how many others were under way.
-    fn start() -> (BuildUnderWay, usize) {
-        (
-            BuildUnderWay,
-            BUILDS_UNDER_WAY.fetch_add(1, Ordering::Relaxed),
-        )
+impl UnderWay {
+    /// Counts this one; returns how many others were under way.
+    fn start(counter: &'static AtomicUsize) -> (UnderWay, usize) {
+        (UnderWay(counter), counter.fetch_add(1, Ordering::Relaxed))
     }
 }
 
-impl Drop for BuildUnderWay {
+impl Drop for UnderWay {
     fn drop(&mut self) {
-        BUILDS_UNDER_WAY.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Held by a thread while it parses a batch of documents before inserting them (the HTTP
 /// API, a stream source, a bulk load), so that builds leave its core to it.
-pub struct Preparing(());
+pub struct Preparing {
+    _counted: UnderWay,
+}
 
 impl Preparing {
     pub fn start() -> Preparing {
-        PREPARING.fetch_add(1, Ordering::Relaxed);
-        Preparing(())
-    }
-}
-
-impl Drop for Preparing {
-    fn drop(&mut self) {
-        PREPARING.fetch_sub(1, Ordering::Relaxed);
+        Preparing {
+            _counted: UnderWay::start(&PREPARING).0,
+        }
     }
 }
 
@@ -142,7 +136,7 @@ impl Drop for Preparing {
 pub fn documents_to_batch_parallel(docs: &[(&Document, &[u8])]) -> RecordBatch {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let (_counted, building) = BuildUnderWay::start();
+    let (_counted, building) = UnderWay::start(&BUILDS_UNDER_WAY);
     let busy = building + PREPARING.load(Ordering::Relaxed);
     let pieces = (docs.len() / MIN_PIECE).clamp(1, cores.saturating_sub(busy).max(1));
     if pieces == 1 {

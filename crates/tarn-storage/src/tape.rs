@@ -1262,7 +1262,6 @@ struct MixedPaths {
 static MIXED_PATHS: parking_lot::RwLock<Option<Arc<MixedPaths>>> = parking_lot::RwLock::new(None);
 /// At most this many paths are learnt; past that, batches with new changes go two passes.
 const MAX_MIXED_PATHS: usize = 256;
-static MIXED_PATH_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl MixedPaths {
     fn field(this: &Option<Arc<MixedPaths>>, k: &str) -> Option<Arc<MixedPaths>> {
@@ -1275,6 +1274,13 @@ impl MixedPaths {
 
     fn is_here(this: &Option<Arc<MixedPaths>>) -> bool {
         this.as_ref().is_some_and(|m| m.here)
+    }
+
+    /// How many paths are marked here and below.
+    fn count(&self) -> usize {
+        usize::from(self.here)
+            + self.fields.values().map(|f| f.count()).sum::<usize>()
+            + self.items.as_ref().map_or(0, |i| i.count())
     }
 
     /// A copy with `path` (outermost step first) marked; `None` if it was marked already.
@@ -1299,10 +1305,9 @@ impl MixedPaths {
 /// are learnt already. A path another build learnt meanwhile counts as learnt: the next
 /// pass sees it.
 fn learn_mixed_path(innermost_first: &[MixedStep]) -> bool {
-    use std::sync::atomic::Ordering;
     let path: Vec<MixedStep> = innermost_first.iter().rev().cloned().collect();
     let mut known = MIXED_PATHS.write();
-    if MIXED_PATH_COUNT.load(Ordering::Relaxed) >= MAX_MIXED_PATHS {
+    if known.as_ref().map_or(0, |paths| paths.count()) >= MAX_MIXED_PATHS {
         return false;
     }
     let updated = match known.as_deref() {
@@ -1312,7 +1317,6 @@ fn learn_mixed_path(innermost_first: &[MixedStep]) -> bool {
     match updated {
         Some(paths) => {
             *known = Some(Arc::new(paths));
-            MIXED_PATH_COUNT.fetch_add(1, Ordering::Relaxed);
             true
         }
         None => true,
