@@ -1,4 +1,5 @@
-//! Timestamps as tarn stores them (microseconds since the Unix epoch, UTC) and their text forms.
+//! Timestamps as tarn stores them (microseconds since the Unix epoch, UTC) and their text forms;
+//! and the process's CPU time, which the benchmarks measure work by.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 
@@ -42,6 +43,22 @@ pub fn parse_iso8601_micros(s: &str) -> Option<i64> {
         .map(|t| t.and_utc().timestamp_micros())
 }
 
+/// CPU seconds (user and system, all threads) this process has used so far, from
+/// `/proc/self/stat`; 0 where that cannot be read. Benchmarks divide work by it, which does
+/// not depend on what else the machine runs meanwhile.
+pub fn process_cpu_seconds() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, in clock ticks; the name (field 2) may hold spaces.
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +82,22 @@ mod tests {
             Some(1_606_953_600_000_000)
         );
         assert_eq!(parse_iso8601_micros("yesterday"), None);
+    }
+
+    #[test]
+    fn process_cpu_seconds_grow_as_the_process_works() {
+        let before = process_cpu_seconds();
+        // Clock ticks are 10 ms: work until one more is counted, for at most 5 s.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while process_cpu_seconds() <= before && started.elapsed().as_secs() < 5 {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        assert!(
+            process_cpu_seconds() > before,
+            "no CPU time counted from /proc/self/stat"
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde_json::json;
+use tarn_common::time::process_cpu_seconds as cpu_seconds;
 use tarn_storage::build::{Preparing, documents_to_batch_texts};
 use tarn_storage::catalog::{DEFAULT_WORKSPACE, Storage};
 use tarn_storage::collection::{CollectionOptions, SealPolicy};
@@ -17,14 +18,6 @@ use tarn_storage::document::{EventTimeInfo, IngestContext, parse_limited, prepar
 // The allocator the `tarn` binary uses.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// CPU seconds (user and system, all threads) this process has used so far.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("reading /proc/self/stat");
-    let rest = stat.rsplit_once(')').expect("a stat line").1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    (f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime")) / 100.0
-}
 
 fn input() -> Vec<u8> {
     let path = std::env::var_os("TARN_BENCH_NDJSON").map(PathBuf::from);

@@ -1238,7 +1238,7 @@ impl From<NotOnTape> for OnePassError {
 }
 
 /// A step of a path to a column: a field of a struct, or a list's items.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq)]
 enum MixedStep {
     Key(String),
     Items,

@@ -76,19 +76,7 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// CPU seconds (user and system, all threads) this process has used so far.
-pub(crate) fn cpu_seconds() -> f64 {
-    // Fields 14 and 15 of /proc/self/stat, in clock ticks; the name (field 2) may hold spaces.
-    let ticks = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
-        })
-        .unwrap_or(0.0);
-    ticks / 100.0
-}
+pub(crate) use tarn_common::time::process_cpu_seconds as cpu_seconds;
 
 pub(crate) fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
