@@ -1,6 +1,8 @@
-//! Names, limits, errors and time helpers shared by every tarn crate.
+//! Names, limits, errors, time helpers and allocator settings shared by every tarn crate.
 
+pub mod allocator;
 pub mod error;
+pub mod fs;
 pub mod limits;
 pub mod names;
 pub mod time;

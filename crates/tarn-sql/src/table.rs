@@ -209,12 +209,13 @@ impl SegmentReader {
         let stats = &entry.segment.stats;
         let cutoff = self.retention_cutoff;
         let row_filter = self.row_filter.as_ref().filter(|_| !whole);
+        let nulls_needed = self.nulls_needed(&entry.segment.schema());
         // Only the columns this scan touches: a sealed segment decodes just those.
         let segment = &entry
             .segment
             .read_fields(
                 |name| {
-                    name == tarn_storage::types::NULLS
+                    (nulls_needed && name == tarn_storage::types::NULLS)
                         || (cutoff.is_some() && name == tarn_storage::types::EVENT_TIME)
                         || self.projected.column_with_name(name).is_some()
                         || row_filter.is_some_and(|f| f.columns.column_with_name(name).is_some())
@@ -248,15 +249,32 @@ impl SegmentReader {
             Some(m) if m.true_count() < m.len() => Some(m),
             _ => None,
         };
-        let rows = self.rows_read(segment, kept.as_ref())?;
+        let rows = self.rows_read(segment, kept.as_ref(), nulls_needed)?;
         let batch = adapt_batch(&rows, &self.projected).map_err(internal)?;
         Ok((batch.num_rows() > 0).then_some(batch))
     }
 
+    /// Whether adapting a segment of `schema` to the projection needs the null-paths column
+    /// (long strings: a tweet's explicit nulls): only when a column turns into a variant,
+    /// which keeps explicit nulls. Otherwise it is neither decoded nor copied, unless the
+    /// query returns it.
+    fn nulls_needed(&self, schema: &Schema) -> bool {
+        schema.fields().iter().any(|f| {
+            self.projected
+                .field_with_name(f.name())
+                .is_ok_and(|to| to.data_type() != f.data_type() && holds_variant(to.data_type()))
+        })
+    }
+
     /// The rows of `segment` that `kept` keeps (all of them without it), in the projected
-    /// columns (and the null-paths column when adapting needs it), with only the fields of struct columns and of
-    /// lists of structs that the query reads.
-    fn rows_read(&self, segment: &RecordBatch, kept: Option<&BooleanArray>) -> Result<RecordBatch> {
+    /// columns (and the null-paths column if `nulls_needed`), with only the fields of struct
+    /// columns and of lists of structs that the query reads.
+    fn rows_read(
+        &self,
+        segment: &RecordBatch,
+        kept: Option<&BooleanArray>,
+        nulls_needed: bool,
+    ) -> Result<RecordBatch> {
         let indices = kept.map(|m| {
             let m = if m.null_count() > 0 {
                 prep_null_mask_filter(m)
@@ -265,14 +283,7 @@ impl SegmentReader {
             };
             UInt32Array::from_iter_values(m.values().set_indices().map(|i| i as u32))
         });
-        // The null-paths column (long strings: a tweet's explicit nulls) is copied only when
-        // the query returns it or a column turns into a variant, which keeps explicit nulls.
         let schema = segment.schema_ref();
-        let nulls_needed = schema.fields().iter().any(|f| {
-            self.projected
-                .field_with_name(f.name())
-                .is_ok_and(|to| to.data_type() != f.data_type() && holds_variant(to.data_type()))
-        });
         let mut fields = Vec::new();
         let mut columns = Vec::new();
         for (field, column) in schema.fields().iter().zip(segment.columns()) {
@@ -565,5 +576,41 @@ mod tests {
         let p = plan("SELECT k FROM c WHERE k > random()").await;
         assert!(p.contains("Filter:"), "{p}");
         storage.close();
+    }
+
+    /// The null-paths column is read for a segment only when one of its columns the query
+    /// returns becomes a variant there (which keeps its explicit nulls).
+    #[test]
+    fn the_null_paths_are_read_only_to_adapt_a_column_into_a_variant() {
+        use super::*;
+        use datafusion::arrow::datatypes::Field;
+        let variant = tarn_storage::types::variant_type();
+        let reader = |projected: Vec<Field>| SegmentReader {
+            projected: Arc::new(Schema::new(projected)),
+            subfields: Default::default(),
+            row_filter: None,
+            retention_cutoff: None,
+        };
+        let segment = Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new(
+                "u",
+                DataType::Struct(vec![Field::new("n", DataType::Int64, true)].into()),
+                true,
+            ),
+        ]);
+        let same = reader(vec![Field::new("k", DataType::Int64, true)]);
+        assert!(!same.nulls_needed(&segment));
+        let to_variant = reader(vec![Field::new("k", variant.clone(), true)]);
+        assert!(to_variant.nulls_needed(&segment));
+        let nested = reader(vec![Field::new(
+            "u",
+            DataType::Struct(vec![Field::new("n", variant.clone(), true)].into()),
+            true,
+        )]);
+        assert!(nested.nulls_needed(&segment));
+        // A column the segment lacks is all NULL: no explicit nulls to keep.
+        let absent = reader(vec![Field::new("m", variant, true)]);
+        assert!(!absent.nulls_needed(&segment));
     }
 }

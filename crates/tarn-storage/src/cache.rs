@@ -4,9 +4,14 @@
 //! decodes only the columns it reads, and keeps them here so the next query does not decode
 //! them again. One cache serves the whole process, so the budget bounds all collections
 //! together. The least recently used columns are evicted first.
+//!
+//! A segment just sealed brings only the columns queries read lately ([`ColumnCache::read_lately`]):
+//! most of a tweet's hundreds of columns are never queried, and decoded they take about
+//! seven times their compressed size on disk.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use arrow::array::ArrayData;
 use arrow::array::{Array, ArrayRef};
@@ -27,7 +32,14 @@ struct Inner {
     entries: HashMap<ColumnKey, Cached>,
     /// Entries by the time they were last used.
     by_use: BTreeMap<u64, ColumnKey>,
+    /// When queries last read a file column of each name (any collection's).
+    read_at: HashMap<String, Instant>,
 }
+
+/// How long a column name read by a query counts as read lately.
+pub const READ_LATELY: Duration = Duration::from_secs(600);
+/// Names remembered at most; past it, those not read lately are forgotten first.
+const MAX_NAMES: usize = 100_000;
 
 struct Cached {
     array: ArrayRef,
@@ -73,6 +85,7 @@ impl ColumnCache {
                 clock: 0,
                 entries: HashMap::new(),
                 by_use: BTreeMap::new(),
+                read_at: HashMap::new(),
             }),
         }
     }
@@ -127,6 +140,37 @@ impl ColumnCache {
             },
         );
         inner.evict();
+    }
+
+    /// Notes that a query reads file columns named `names` now.
+    pub fn note_read<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let now = Instant::now();
+        let mut inner = self.inner.lock();
+        for name in names {
+            if let Some(at) = inner.read_at.get_mut(name) {
+                *at = now;
+                continue;
+            }
+            if inner.read_at.len() >= MAX_NAMES {
+                inner
+                    .read_at
+                    .retain(|_, at| now.duration_since(*at) < READ_LATELY);
+                if inner.read_at.len() >= MAX_NAMES {
+                    continue;
+                }
+            }
+            inner.read_at.insert(name.to_owned(), now);
+        }
+    }
+
+    /// Whether a query read a file column of this name (in any collection) within
+    /// [`READ_LATELY`]: a segment just sealed brings only such columns into the cache.
+    pub fn read_lately(&self, name: &str) -> bool {
+        self.inner
+            .lock()
+            .read_at
+            .get(name)
+            .is_some_and(|at| at.elapsed() < READ_LATELY)
     }
 
     /// Drops the columns of a file that is gone.
@@ -185,6 +229,39 @@ mod tests {
         cache.set_budget(100);
         assert_eq!(cache.used(), 0);
         assert!(cache.get((2, 0)).is_none());
+    }
+
+    #[test]
+    fn remembers_the_names_queries_read() {
+        let cache = ColumnCache::new(2_000);
+        assert!(!cache.read_lately("user.screen_name"));
+        cache.note_read(["user.screen_name", "text"]);
+        assert!(cache.read_lately("user.screen_name") && cache.read_lately("text"));
+        assert!(!cache.read_lately("user.name"));
+        // Past the cap, names not read lately make room; these all were, so no more fit.
+        cache.note_read(
+            (0..MAX_NAMES)
+                .map(|i| format!("c{i}"))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str),
+        );
+        assert_eq!(cache.inner.lock().read_at.len(), MAX_NAMES);
+        assert!(cache.read_lately("text"), "a name read lately is kept");
+        cache
+            .inner
+            .lock()
+            .read_at
+            .values_mut()
+            .for_each(|at| *at -= READ_LATELY);
+        assert!(!cache.read_lately("text"), "read too long ago");
+        cache.note_read(["user.name"]);
+        assert!(cache.read_lately("user.name"));
+        assert_eq!(
+            cache.inner.lock().read_at.len(),
+            1,
+            "the stale names were forgotten"
+        );
     }
 
     #[test]

@@ -111,6 +111,26 @@ fn push_flat(
     }
 }
 
+/// The path of each column of a file (`user.screen_name`; struct fields joined by `.`):
+/// what the column cache remembers queries read. Files without the layout name their
+/// columns by their own names.
+pub fn column_paths(file: &Schema) -> Vec<String> {
+    let mut paths: Vec<String> = Vec::with_capacity(file.fields().len());
+    for f in file.fields() {
+        let name = f.metadata().get(NAME_KEY).unwrap_or(f.name());
+        let parent = f
+            .metadata()
+            .get(PARENT_KEY)
+            .and_then(|p| p.parse::<usize>().ok())
+            .and_then(|p| paths.get(p));
+        paths.push(match parent {
+            Some(parent) => format!("{parent}.{name}"),
+            None => name.clone(),
+        });
+    }
+    paths
+}
+
 /// One column of a segment as a file of this layout holds it.
 #[derive(Debug)]
 pub enum FlatColumn {
@@ -350,6 +370,28 @@ mod tests {
         assert_eq!(deep.column_by_name("a").unwrap().null_count(), 4);
         // Other columns are whole.
         assert_eq!(got.column_by_name("tags"), b.column_by_name("tags"));
+    }
+
+    #[test]
+    fn file_columns_are_named_by_their_paths() {
+        let flat = flatten(&batch()).unwrap();
+        let paths = column_paths(&flat.schema());
+        assert_eq!(paths.len(), flat.num_columns());
+        for p in [
+            "u", "u.name", "u.n", "u.deep", "u.deep.a", "u.deep.b", "tags", "s", "e",
+        ] {
+            assert!(paths.iter().any(|q| q == p), "{p} in {paths:?}");
+        }
+        // A file without the layout names its columns as they are.
+        assert_eq!(
+            column_paths(&batch().schema()),
+            batch()
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -486,8 +486,10 @@ impl Segment {
         }
     }
 
-    /// Moves the columns from memory to `file`, which holds the same rows: they go into the
-    /// column cache as the file's, so the newest data stays warm until the budget needs room.
+    /// Moves the columns from memory to `file`, which holds the same rows. Those queries
+    /// read lately ([`ColumnCache::read_lately`](crate::cache::ColumnCache::read_lately))
+    /// go into the column cache as the file's, so the newest data stays warm; the others
+    /// leave memory, and are decoded from the file if a query reads them.
     pub fn store(&self, file: Arc<SegmentFile>) {
         let mut data = self.data.write();
         if let SegmentData::Resident(b) = &*data {
@@ -495,9 +497,11 @@ impl Segment {
                 Some(_) => flatten(b).map(|f| f.columns().to_vec()),
                 None => Ok(b.columns().to_vec()),
             };
-            // Without them cached the columns are decoded from the file when read.
+            let cache = column_cache();
             for (i, column) in columns.unwrap_or_default().into_iter().enumerate() {
-                column_cache().insert((file.key, i), column);
+                if cache.read_lately(&file.paths[i]) {
+                    cache.insert((file.key, i), column);
+                }
             }
         }
         *data = SegmentData::Stored(file);
@@ -525,6 +529,8 @@ pub struct SegmentFile {
     schema: SchemaRef,
     /// Where each of the segment's columns is in a file of [`crate::layout`]'s layout.
     layout: Option<Vec<FlatColumn>>,
+    /// Each file column's path ([`crate::layout::column_paths`]).
+    paths: Vec<String>,
     version: MetadataVersion,
     blocks: Vec<Block>,
     rows: usize,
@@ -571,6 +577,7 @@ impl SegmentFile {
             Some((schema, layout)) => (schema, Some(layout)),
             None => (file_schema.clone(), None),
         };
+        let paths = crate::layout::column_paths(&file_schema);
         let blocks: Vec<Block> = footer
             .recordBatches()
             .map(|b| b.iter().copied().collect())
@@ -583,12 +590,34 @@ impl SegmentFile {
             file_schema,
             schema,
             layout,
+            paths,
             version,
             blocks,
             rows: 0,
         };
         file.rows = file.decode(&[])?.num_rows();
+        file.release_pages();
         Ok(Arc::new(file))
+    }
+
+    /// Unmaps the file's pages from the process; they stay in the kernel's page cache, and
+    /// whatever reads them again maps them again. A decoded column is a copy (or, for a
+    /// buffer stored uncompressed, a slice that maps its pages again when read), and the
+    /// kernel maps the neighbours of every page read (64 KiB around it): without this the
+    /// process held 80% of its files mapped after the dashboard's queries had decoded the
+    /// few columns they read, as much memory again as the files' size.
+    fn release_pages(&self) {
+        #[cfg(unix)]
+        // SAFETY: the range is this file's read-only shared mapping, which nothing writes;
+        // MADV_DONTNEED on such a mapping only drops page table entries, and a later read
+        // faults the same bytes in from the page cache or the file.
+        unsafe {
+            libc::madvise(
+                self.buffer.as_ptr() as *mut libc::c_void,
+                self.buffer.len(),
+                libc::MADV_DONTNEED,
+            );
+        }
     }
 
     /// The segment's columns `columns` (ascending), each whole or, for those `subfields`
@@ -639,6 +668,9 @@ impl SegmentFile {
     /// decoded (and kept in the cache if `keep`).
     fn fetch(&self, columns: &[usize], keep: bool) -> TarnResult<HashMap<usize, ArrayRef>> {
         let cache = column_cache();
+        if keep {
+            cache.note_read(columns.iter().map(|&c| self.paths[c].as_str()));
+        }
         let mut out = HashMap::with_capacity(columns.len());
         let mut missing = Vec::new();
         for &c in columns {
@@ -651,6 +683,7 @@ impl SegmentFile {
         }
         if !missing.is_empty() {
             let decoded = self.decode(&missing)?;
+            self.release_pages();
             for (&c, array) in missing.iter().zip(decoded.columns()) {
                 if keep {
                     cache.insert((self.key, c), array.clone());
@@ -911,6 +944,38 @@ mod tests {
         assert!(err.to_string().contains("holds 50 rows"), "{err}");
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         assert!(SegmentFile::open(&path).is_err(), "a torn file is refused");
+    }
+
+    #[test]
+    fn a_stored_segment_keeps_in_memory_only_the_columns_queries_read_lately() {
+        // Names of their own: the cache and its record of names read are the process's.
+        let batch = crate::build::batch_of(&[
+            json!({"hot_in_store_test": 1, "cold_in_store_test": "a"}),
+            json!({"hot_in_store_test": 2, "cold_in_store_test": "b"}),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.arrow");
+        std::fs::write(&path, encode_ipc(&batch).unwrap()).unwrap();
+        let cache = column_cache();
+        cache.note_read(["hot_in_store_test"]);
+        let segment = Segment::new(8, batch.clone());
+        let file = SegmentFile::open(&path).unwrap();
+        let index = |name: &str| file.paths.iter().position(|p| p == name).unwrap();
+        let (hot, cold) = (index("hot_in_store_test"), index("cold_in_store_test"));
+        segment.store(file.clone());
+        assert!(cache.get((file.key, hot)).is_some(), "read lately: kept");
+        assert!(
+            cache.get((file.key, cold)).is_none(),
+            "never read: left in the file"
+        );
+        // A query that reads it decodes it from the file, keeps it, and notes its name.
+        let read = segment.read(|n| n == "cold_in_store_test").unwrap();
+        assert_eq!(
+            read.column(0),
+            batch.column_by_name("cold_in_store_test").unwrap()
+        );
+        assert!(cache.get((file.key, cold)).is_some());
+        assert!(cache.read_lately("cold_in_store_test"));
     }
 
     #[test]
