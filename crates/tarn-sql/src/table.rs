@@ -259,10 +259,12 @@ impl SegmentReader {
     /// which keeps explicit nulls. Otherwise it is neither decoded nor copied, unless the
     /// query returns it.
     fn nulls_needed(&self, schema: &Schema) -> bool {
-        schema.fields().iter().any(|f| {
-            self.projected
-                .field_with_name(f.name())
-                .is_ok_and(|to| to.data_type() != f.data_type() && holds_variant(to.data_type()))
+        // The projection's few columns, not the segment's many: most hold no variant.
+        self.projected.fields().iter().any(|to| {
+            holds_variant(to.data_type())
+                && schema
+                    .field_with_name(to.name())
+                    .is_ok_and(|f| f.data_type() != to.data_type())
         })
     }
 
