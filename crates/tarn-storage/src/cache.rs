@@ -146,15 +146,21 @@ impl ColumnCache {
     pub fn note_read<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         let now = Instant::now();
         let mut inner = self.inner.lock();
+        // Stale names are swept at most once a call: with the map full of fresh ones, a
+        // sweep per new name would scan it again for each.
+        let mut swept = false;
         for name in names {
             if let Some(at) = inner.read_at.get_mut(name) {
                 *at = now;
                 continue;
             }
             if inner.read_at.len() >= MAX_NAMES {
-                inner
-                    .read_at
-                    .retain(|_, at| now.duration_since(*at) < READ_LATELY);
+                if !swept {
+                    inner
+                        .read_at
+                        .retain(|_, at| now.duration_since(*at) < READ_LATELY);
+                    swept = true;
+                }
                 if inner.read_at.len() >= MAX_NAMES {
                     continue;
                 }
