@@ -47,21 +47,63 @@ pub fn parse_iso8601_micros(s: &str) -> Option<i64> {
 /// `/proc/self/stat`; 0 where that cannot be read. Benchmarks divide work by it, which does
 /// not depend on what else the machine runs meanwhile.
 pub fn process_cpu_seconds() -> f64 {
-    // Fields 14 and 15 of /proc/self/stat, in clock ticks; the name (field 2) may hold spaces.
-    let ticks = std::fs::read_to_string("/proc/self/stat")
+    std::fs::read_to_string("/proc/self/stat")
         .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        .and_then(|s| stat_cpu_seconds(&s))
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds (user + system) used so far by this process's live threads whose name starts
+/// with `prefix` (a thread's name is at most 15 bytes: `rdk:mock`, `tarn-writer`).
+pub fn threads_cpu_seconds(prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
         })
-        .unwrap_or(0.0);
-    ticks / 100.0
+        .filter_map(|t| stat_cpu_seconds(&std::fs::read_to_string(t.path().join("stat")).ok()?))
+        .sum()
+}
+
+/// User + system time of a `/proc/.../stat` line: fields 14 and 15, in clock ticks (100 a
+/// second); the name (field 2) may hold spaces and parentheses.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_cpu_time_of_the_process_and_of_named_threads() {
+        assert_eq!(
+            stat_cpu_seconds("42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0"),
+            Some(3.0)
+        );
+        assert_eq!(stat_cpu_seconds("42 (x) S 1"), None);
+        let spin = std::thread::Builder::new()
+            .name("cpu-test-spin".into())
+            .spawn(|| {
+                let started = std::time::Instant::now();
+                let mut x = 0u64;
+                while started.elapsed() < std::time::Duration::from_millis(300) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                let used = threads_cpu_seconds("cpu-test-spin");
+                (x, used)
+            })
+            .expect("a thread starts");
+        let (_, used) = spin.join().expect("the thread ends");
+        assert!(used >= 0.1, "the spinning thread used {used} s");
+        assert!(process_cpu_seconds() >= used);
+        assert_eq!(threads_cpu_seconds("no-such-thread"), 0.0);
+    }
 
     #[test]
     fn formats_like_rockset() {

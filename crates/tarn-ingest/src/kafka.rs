@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -26,7 +27,7 @@ use serde_json::json;
 
 use crate::integrations::KafkaSettings;
 use crate::kinesis::StartPosition;
-use crate::pipeline::{RawRecord, SourceSink};
+use crate::pipeline::{PreparedBatch, RawRecord, SourceSink};
 
 const MAX_BATCH: usize = 5_000;
 /// A source with nothing to read for this long shows as idle.
@@ -215,6 +216,11 @@ async fn consume(
         // A fetch with nothing to return waits at most this long at the broker: this bounds
         // how stale an idle partition's next record can be (librdkafka's default is 500).
         .set("fetch.wait.max.ms", "10")
+        // When the local queue is full, librdkafka stops fetching for this long (default
+        // 1000 ms): a backlog read faster than it is stored then idled the source for 0.6 s
+        // of every second once the queue had drained. 10 ms resumes fetching as soon as
+        // there is room.
+        .set("fetch.queue.backoff.ms", "10")
         // A partition without a stored position is new to this source (LATEST stored every
         // partition it started with), so all of it is read.
         .set("auto.offset.reset", "earliest");
@@ -246,31 +252,45 @@ async fn consume(
     sink.status.watching();
     // Reading the watermarks takes a broker round trip per partition: done beside the
     // consuming loop, which it held up for 100 ms every time when it ran inside it.
-    let _lag = AbortOnDrop(tokio::spawn({
-        let (sink, consumer, topic, positions) = (
-            sink.clone(),
-            consumer.clone(),
-            topic.clone(),
-            positions.clone(),
-        );
-        async move {
-            loop {
-                tokio::time::sleep(LAG_EVERY).await;
-                update_lag(&sink, &consumer, &topic, &positions).await;
+    let stop_lag = Arc::new(AtomicBool::new(false));
+    let _lag = AbortOnDrop(
+        tokio::spawn({
+            let (sink, consumer, topic, positions, stop) = (
+                sink.clone(),
+                consumer.clone(),
+                topic.clone(),
+                positions.clone(),
+                stop_lag.clone(),
+            );
+            async move {
+                loop {
+                    tokio::time::sleep(LAG_EVERY).await;
+                    update_lag(&sink, &consumer, &topic, &positions, &stop).await;
+                }
             }
-        }
-    }));
-    // The next batch gathers while the previous one is stored: a batch holds what arrived
-    // during one store, so a slow stream is stored message by message (low latency) and a
-    // fast one in large batches (few log records), with no fixed window to wait out. Only
-    // one store is in flight, so positions are stored in order, and a failed store ends
-    // this consumer before anything after it is stored.
+        }),
+        stop_lag,
+    );
+    // Batches flow through two stages: prepared (parsed and built, on every core), then
+    // stored (logged, fsynced, applied: the writer's thread). Batch n+1 is prepared while
+    // batch n is stored, so the cores are not idle during the log's fsync. The next batch
+    // gathers while the stages are busy: a slow stream is stored message by message (low
+    // latency) and a fast one in large batches (few log records), with no fixed window
+    // to wait out. One batch at a time in each stage, stored in the order read, so
+    // positions are stored in order, and a failure ends this consumer before anything
+    // after it is stored.
     let mut batch: Vec<(i32, i64, Option<Vec<u8>>)> = Vec::new();
-    let mut storing: Option<StoreFuture<'_>> = None;
+    // The next offset of each partition after every batch handed to the stages.
+    let mut handed = positions.lock().clone();
+    let mut preparing: Option<StageFuture<'_, Prepared>> = None;
+    let mut ready: Option<Prepared> = None;
+    let mut storing: Option<StageFuture<'_, (usize, Instant)>> = None;
     loop {
         let event = tokio::select! {
             done = async { storing.as_mut().expect("guarded by the condition").await },
                 if storing.is_some() => Event::Stored(done),
+            done = async { preparing.as_mut().expect("guarded by the condition").await },
+                if preparing.is_some() => Event::Prepared(done),
             m = consumer.recv(), if batch.len() < MAX_BATCH => match m {
                 Ok(m) => {
                     batch.push((m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
@@ -278,13 +298,18 @@ async fn consume(
                 }
                 Err(e) => Event::Failed(e),
             },
-            _ = tokio::time::sleep(IDLE_AFTER), if storing.is_none() && batch.is_empty() => Event::Idle,
+            _ = tokio::time::sleep(IDLE_AFTER),
+                if storing.is_none() && preparing.is_none() && batch.is_empty() => Event::Idle,
         };
         match event {
             Event::Stored(done) => {
                 storing = None;
                 let (records, started) = done?;
                 tracing::debug!(%topic, records, store_ms = started.elapsed().as_secs_f64() * 1e3, "batch stored");
+            }
+            Event::Prepared(done) => {
+                preparing = None;
+                ready = Some(done?);
             }
             Event::Received => {}
             Event::Failed(e) => {
@@ -294,48 +319,80 @@ async fn consume(
             }
             Event::Idle => sink.status.idle(),
         }
-        if storing.is_none() && !batch.is_empty() {
-            let batch = std::mem::take(&mut batch);
+        if storing.is_none()
+            && let Some(prepared) = ready.take()
+        {
             let (sink, consumer, topic, positions) = (sink, &consumer, &topic, &positions);
             storing = Some(Box::pin(async move {
-                let (records, started) = (batch.len(), Instant::now());
-                store_batch(sink, consumer, topic, positions, batch).await?;
+                let (records, started) = (prepared.records, Instant::now());
+                store_prepared(sink, consumer, topic, positions, prepared).await?;
                 Ok((records, started))
             }));
+        }
+        if preparing.is_none() && ready.is_none() && !batch.is_empty() {
+            let (records, next) =
+                new_records(topic.as_str(), &mut handed, std::mem::take(&mut batch));
+            if !next.is_empty() {
+                let checkpoints = next
+                    .iter()
+                    .map(|(p, o)| (checkpoint_key(&topic, *p), o.to_string()))
+                    .collect();
+                let (sink, topic) = (sink, &topic);
+                preparing = Some(Box::pin(async move {
+                    let count = records.len();
+                    let batch = sink.prepare(records, checkpoints).await.map_err(|e| {
+                        format!(
+                            "preparing messages of Kafka topic '{topic}' failed: {}",
+                            e.message
+                        )
+                    })?;
+                    Ok(Prepared {
+                        batch,
+                        next,
+                        records: count,
+                    })
+                }));
+            }
         }
     }
 }
 
-/// A batch being stored: how many messages it had and when its store began.
-type StoreFuture<'a> =
-    std::pin::Pin<Box<dyn Future<Output = Result<(usize, Instant), String>> + Send + 'a>>;
+/// A stage's work on a batch; an error ends the consumer.
+type StageFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// A batch prepared and waiting to be stored, with the next offset of each partition in it.
+struct Prepared {
+    batch: PreparedBatch,
+    next: BTreeMap<i32, i64>,
+    records: usize,
+}
 
 /// What woke the consuming loop.
 enum Event {
     Stored(Result<(usize, Instant), String>),
+    Prepared(Result<Prepared, String>),
     Received,
     Failed(rdkafka::error::KafkaError),
     Idle,
 }
 
-async fn store_batch(
-    sink: &Arc<SourceSink>,
-    consumer: &Arc<StreamConsumer<SourceContext>>,
+/// The records of `batch` not handed on before, and the next offset of each partition in
+/// them; `handed` moves past them.
+fn new_records(
     topic: &str,
-    positions: &Arc<Mutex<BTreeMap<i32, i64>>>,
+    handed: &mut BTreeMap<i32, i64>,
     batch: Vec<(i32, i64, Option<Vec<u8>>)>,
-) -> Result<(), String> {
-    let known = positions.lock().clone();
+) -> (Vec<RawRecord>, BTreeMap<i32, i64>) {
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut records = Vec::with_capacity(batch.len());
     for (partition, offset, payload) in batch {
-        // Already stored, or already in this batch: a rebalance while the batch was being
-        // gathered restarts the partition at its stored offset, and librdkafka delivers
-        // those messages again, possibly into this same batch.
-        let floor = next.get(&partition).or_else(|| known.get(&partition));
-        if floor.is_some_and(|n| offset < *n) {
+        // Already stored, already on its way, or already in this batch: a rebalance
+        // restarts a partition at its stored offset, and librdkafka delivers those
+        // messages again, possibly into this same batch.
+        if handed.get(&partition).is_some_and(|n| offset < *n) {
             continue;
         }
+        handed.insert(partition, offset + 1);
         next.insert(partition, offset + 1);
         records.push(RawRecord {
             data: payload.unwrap_or_default(),
@@ -343,20 +400,26 @@ async fn store_batch(
             meta: json!({"source": "kafka", "topic": topic, "partition": partition, "offset": offset}),
         });
     }
-    if next.is_empty() {
-        return Ok(());
-    }
-    let checkpoints = next
-        .iter()
-        .map(|(p, o)| (checkpoint_key(topic, *p), o.to_string()))
-        .collect();
-    sink.write(records, checkpoints).await.map_err(|e| {
+    (records, next)
+}
+
+/// Stores a prepared batch with its positions, then tells Kafka (tarn's own positions are
+/// what count; the group's committed offsets show its lag in Kafka's tools).
+async fn store_prepared(
+    sink: &Arc<SourceSink>,
+    consumer: &Arc<StreamConsumer<SourceContext>>,
+    topic: &str,
+    positions: &Arc<Mutex<BTreeMap<i32, i64>>>,
+    prepared: Prepared,
+) -> Result<(), String> {
+    sink.store(prepared.batch).await.map_err(|e| {
         // Nothing was stored; a new consumer starts again from the stored offsets.
         format!(
             "storing messages of Kafka topic '{topic}' failed: {}",
             e.message
         )
     })?;
+    let next = prepared.next;
     positions.lock().extend(next.iter().map(|(p, o)| (*p, *o)));
     let mut tpl = TopicPartitionList::new();
     for (p, o) in &next {
@@ -368,11 +431,12 @@ async fn store_batch(
     Ok(())
 }
 
-/// Stops a task when its owner is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Stops a task, and the blocking work it started, when its owner is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>, Arc<AtomicBool>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
+        self.1.store(true, Ordering::Relaxed);
         self.0.abort();
     }
 }
@@ -383,14 +447,21 @@ async fn update_lag(
     consumer: &Arc<StreamConsumer<SourceContext>>,
     topic: &str,
     positions: &Arc<Mutex<BTreeMap<i32, i64>>>,
+    stop: &Arc<AtomicBool>,
 ) {
-    let consumer = consumer.clone();
+    let (consumer, stop) = (consumer.clone(), stop.clone());
     let topic = topic.to_owned();
     let positions = positions.lock().clone();
     let lags = tokio::task::spawn_blocking(move || {
         let assigned = consumer.assignment().ok()?;
         let mut lags = Vec::new();
         for e in assigned.elements() {
+            // A round trip per partition, up to a second each when the broker is away:
+            // a stopped source must not hold its consumer (and the process's exit) for
+            // minutes until every partition has been asked.
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
             if let Ok((low, high)) =
                 consumer.fetch_watermarks(&topic, e.partition(), Duration::from_secs(1))
             {

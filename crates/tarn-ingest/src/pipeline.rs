@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 use tarn_common::TarnResult;
+use tarn_storage::collection::PreparedWrite;
 use tarn_storage::document::{EventTimeInfo, IngestContext, parse_limited, prepare, prepare_text};
 use tarn_storage::jsonscan::value_depth;
 use tarn_storage::{Collection, Document};
@@ -309,6 +310,19 @@ impl SourceSink {
         records: Vec<RawRecord>,
         checkpoints: Vec<(String, String)>,
     ) -> TarnResult<()> {
+        let batch = self.prepare(records, checkpoints).await?;
+        self.store(batch).await
+    }
+
+    /// The first half of [`SourceSink::write`]: parses, transforms and builds the batch,
+    /// storing nothing. A source may prepare its next batch while the one before is being
+    /// stored (the CPU-bound half beside the writer's log append and fsync), as long as it
+    /// stores them in the order it read them.
+    pub async fn prepare(
+        &self,
+        records: Vec<RawRecord>,
+        checkpoints: Vec<(String, String)>,
+    ) -> TarnResult<PreparedBatch> {
         let started = std::time::Instant::now();
         let now_micros = tarn_common::time::now_micros();
         let now_ms = now_micros / 1000;
@@ -365,21 +379,41 @@ impl SourceSink {
                 }
             }
         }
-        let prepared = started.elapsed();
-        let bad_count = bad.len() as u64;
-        self.collection.insert(docs, checkpoints).await?;
+        let write = Collection::prepare_insert(docs, checkpoints).await?;
+        Ok(PreparedBatch {
+            write,
+            records: total,
+            bad,
+            prepare_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// The second half of [`SourceSink::write`]: stores a prepared batch with its
+    /// checkpoints in one log record; returns once durable. On an error nothing of it is
+    /// stored.
+    pub async fn store(&self, batch: PreparedBatch) -> TarnResult<()> {
+        let started = std::time::Instant::now();
+        self.collection.insert_prepared(batch.write).await?;
         tracing::debug!(
             source = %self.label,
-            records = total,
-            prepare_ms = prepared.as_secs_f64() * 1e3,
-            store_ms = (started.elapsed() - prepared).as_secs_f64() * 1e3,
+            records = batch.records,
+            prepare_ms = batch.prepare_ms,
+            store_ms = started.elapsed().as_secs_f64() * 1e3,
             "source batch written"
         );
         // Counts first: whoever sees a bad record in the log sees it counted.
-        self.status.processed(total, bad_count);
-        self.errors.record(bad);
+        self.status.processed(batch.records, batch.bad.len() as u64);
+        self.errors.record(batch.bad);
         Ok(())
     }
+}
+
+/// A batch parsed and built by [`SourceSink::prepare`], not stored yet.
+pub struct PreparedBatch {
+    write: PreparedWrite,
+    records: u64,
+    bad: Vec<IngestError>,
+    prepare_ms: f64,
 }
 
 /// Below this many items a batch is not worth cutting up.

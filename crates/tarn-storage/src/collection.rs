@@ -267,17 +267,18 @@ struct ManifestSegment {
     deleted_rows: usize,
 }
 
-/// A write prepared outside the writer thread: its Arrow batch and its framed log record.
+/// A write prepared outside the writer thread: its Arrow batch, its framed log record and
+/// the checkpoints logged with it.
 pub struct PreparedWrite {
     batch: RecordBatch,
     ids: Vec<String>,
     framed: Vec<u8>,
+    checkpoints: Vec<(String, String)>,
 }
 
 enum WriterMsg {
     Insert {
         write: PreparedWrite,
-        checkpoints: Vec<(String, String)>,
         reply: oneshot::Sender<TarnResult<Vec<DocStatus>>>,
     },
     Delete {
@@ -414,7 +415,7 @@ fn logged_to_documents(docs: Vec<LoggedDoc>) -> TarnResult<Vec<(Document, Vec<u8
 /// Builds the batch and the log record for documents (done by the caller's thread).
 pub fn prepare_write(
     docs: Vec<(Document, Vec<u8>)>,
-    checkpoints: &[(String, String)],
+    checkpoints: Vec<(String, String)>,
 ) -> PreparedWrite {
     let pairs: Vec<(&Document, &[u8])> = docs.iter().map(|(d, t)| (d, t.as_slice())).collect();
     let batch = documents_to_batch_parallel(&pairs);
@@ -442,10 +443,15 @@ pub fn prepare_write(
     let mut framed = crate::wal::record_buffer(size);
     WalRecord::Insert {
         docs: logged,
-        checkpoints: checkpoints.to_vec(),
+        checkpoints: checkpoints.clone(),
     }
     .encode_into(&mut framed);
-    PreparedWrite { batch, ids, framed }
+    PreparedWrite {
+        batch,
+        ids,
+        framed,
+        checkpoints,
+    }
 }
 
 impl Collection {
@@ -549,8 +555,16 @@ impl Collection {
                 match rec {
                     WalRecord::Insert { docs, checkpoints } => {
                         let docs = logged_to_documents(docs)?;
-                        let write = prepare_write(docs, &[]);
-                        writer.apply_insert(write, &checkpoints);
+                        let pairs: Vec<(&Document, &[u8])> =
+                            docs.iter().map(|(d, t)| (d, t.as_slice())).collect();
+                        // Already logged: only the batch is built, not a record to log.
+                        let write = PreparedWrite {
+                            batch: documents_to_batch_parallel(&pairs),
+                            ids: docs.iter().map(|(d, _)| d.id.clone()).collect(),
+                            framed: Vec::new(),
+                            checkpoints,
+                        };
+                        writer.apply_insert(write);
                         writer.merge_runs();
                     }
                     WalRecord::Delete { ids } => {
@@ -607,16 +621,27 @@ impl Collection {
         docs: Vec<(Document, Vec<u8>)>,
         checkpoints: Vec<(String, String)>,
     ) -> TarnResult<Vec<DocStatus>> {
-        let cp = checkpoints.clone();
-        let write = tokio::task::spawn_blocking(move || prepare_write(docs, &cp))
+        let write = Self::prepare_insert(docs, checkpoints).await?;
+        self.insert_prepared(write).await
+    }
+
+    /// The first half of [`Collection::insert`]: builds the write's Arrow batch and log
+    /// record on the blocking pool. Nothing is stored yet; a caller may prepare the next
+    /// write while the one before is being stored.
+    pub async fn prepare_insert(
+        docs: Vec<(Document, Vec<u8>)>,
+        checkpoints: Vec<(String, String)>,
+    ) -> TarnResult<PreparedWrite> {
+        tokio::task::spawn_blocking(move || prepare_write(docs, checkpoints))
             .await
-            .map_err(|e| TarnError::internal(format!("preparing the write failed: {e}")))?;
+            .map_err(|e| TarnError::internal(format!("preparing the write failed: {e}")))
+    }
+
+    /// The second half of [`Collection::insert`]: logs and applies a prepared write; answers
+    /// once it is durable and visible. Writes are stored in the order this is called.
+    pub async fn insert_prepared(&self, write: PreparedWrite) -> TarnResult<Vec<DocStatus>> {
         let (reply, rx) = oneshot::channel();
-        self.send(WriterMsg::Insert {
-            write,
-            checkpoints,
-            reply,
-        })?;
+        self.send(WriterMsg::Insert { write, reply })?;
         rx.await
             .map_err(|_| TarnError::unavailable("the collection closed during the write"))?
     }
@@ -627,13 +652,9 @@ impl Collection {
         docs: Vec<(Document, Vec<u8>)>,
         checkpoints: Vec<(String, String)>,
     ) -> TarnResult<Vec<DocStatus>> {
-        let write = prepare_write(docs, &checkpoints);
+        let write = prepare_write(docs, checkpoints);
         let (reply, rx) = oneshot::channel();
-        self.send(WriterMsg::Insert {
-            write,
-            checkpoints,
-            reply,
-        })?;
+        self.send(WriterMsg::Insert { write, reply })?;
         rx.blocking_recv()
             .map_err(|_| TarnError::unavailable("the collection closed during the write"))?
     }
@@ -913,12 +934,8 @@ impl Writer {
         let logged = Instant::now();
         for m in group {
             match m {
-                WriterMsg::Insert {
-                    write,
-                    checkpoints,
-                    reply,
-                } => {
-                    let statuses = self.apply_insert(write, &checkpoints);
+                WriterMsg::Insert { write, reply } => {
+                    let statuses = self.apply_insert(write);
                     let _ = reply.send(Ok(statuses));
                 }
                 WriterMsg::Delete { ids, reply, .. } => {
@@ -974,20 +991,19 @@ impl Writer {
             })
     }
 
-    fn apply_insert(
-        &mut self,
-        write: PreparedWrite,
-        checkpoints: &[(String, String)],
-    ) -> Vec<DocStatus> {
-        let PreparedWrite { batch, ids, framed } = write;
+    fn apply_insert(&mut self, write: PreparedWrite) -> Vec<DocStatus> {
+        let PreparedWrite {
+            batch,
+            ids,
+            framed,
+            checkpoints,
+        } = write;
         crate::wal::recycle_record_buffer(framed);
         if ids.is_empty() {
             // A position-only record (a source moved past records that made no documents,
             // or reached the end of a shard): no segment, only the checkpoints.
             let mut s = self.state.write();
-            for (k, v) in checkpoints {
-                s.checkpoints.insert(k.clone(), v.clone());
-            }
+            s.checkpoints.extend(checkpoints);
             return Vec::new();
         }
         let seg_id = self.next_segment_id;
@@ -1030,9 +1046,7 @@ impl Writer {
             );
             s.live_docs = s.live_docs + added - replaced_elsewhere;
             s.last_updated_ms = chrono::Utc::now().timestamp_millis();
-            for (k, v) in checkpoints {
-                s.checkpoints.insert(k.clone(), v.clone());
-            }
+            s.checkpoints.extend(checkpoints);
         }
         self.mutable.push(seg_id);
         self.mutable_since.get_or_insert_with(Instant::now);

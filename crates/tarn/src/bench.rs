@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Seconds of producing at each rate.
     #[arg(long, default_value_t = 10)]
     pub kafka_secs: u64,
+    /// Tweets in the backlog a new collection drains at full speed (400,000 are 1.2 GB;
+    /// a few seconds of draining).
+    #[arg(long, default_value_t = 400_000)]
+    pub kafka_backlog: usize,
     /// Run only the live-dashboard benchmark: the demo's stream at `--live-rate` tweets/s
     /// and, for each of `--live-viewers`, that many simulated viewers of the Tweets dashboard.
     #[arg(long)]
@@ -61,6 +65,9 @@ pub struct BenchArgs {
     /// generating or loading for tarn (DuckDB and chDB load the NDJSON again); kept after.
     #[arg(long)]
     pub reuse: bool,
+    /// Runs of each query in the scale benchmark, after a first one; their median is reported.
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
     /// Column cache budget in MiB for this run (the server's --cache-mb).
     #[arg(long)]
     pub cache_mb: Option<usize>,
@@ -104,7 +111,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return crate::bench_scale::run(&args).await;
     }
     if args.kafka {
-        return crate::bench_kafka::run(&args.dir, &args.kafka_rates, args.kafka_secs).await;
+        return crate::bench_kafka::run(
+            &args.dir,
+            &args.kafka_rates,
+            args.kafka_secs,
+            args.kafka_backlog,
+        )
+        .await;
     }
     if args.live {
         return crate::bench_live::run(

@@ -47,6 +47,12 @@ async fn count(state: &tarn_server::AppState, name: &str) -> anyhow::Result<u64>
     Ok(out.results[0]["n"].as_u64().unwrap_or(0))
 }
 
+/// CPU time of the mock broker's own thread (librdkafka names it `rdk:mock`): in this
+/// process here, on other machines in a deployment.
+fn broker_cpu_seconds() -> f64 {
+    tarn_common::time::threads_cpu_seconds("rdk:mock")
+}
+
 /// What librdkafka's mock broker keeps of a partition (`rdkafka_mock.c`: 5 MiB); it deletes
 /// older records. Topics get enough partitions that a whole round fits, so a consumer that
 /// falls behind is measured as late, not as records the broker threw away.
@@ -65,7 +71,12 @@ fn partitions_for(bytes: usize) -> i32 {
     (bytes / (MOCK_PARTITION_BYTES / 2) + 1).clamp(4, 512) as i32
 }
 
-pub async fn run(dir: &std::path::Path, rates: &[u64], secs: u64) -> anyhow::Result<()> {
+pub async fn run(
+    dir: &std::path::Path,
+    rates: &[u64],
+    secs: u64,
+    backlog: usize,
+) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -166,7 +177,6 @@ pub async fn run(dir: &std::path::Path, rates: &[u64], secs: u64) -> anyhow::Res
     }
 
     // The highest rate: a backlog already in the topic, drained by a new collection.
-    let backlog = rates.iter().max().copied().unwrap_or(20_000) as usize * secs as usize;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let tweets: Vec<Vec<u8>> = (0..backlog)
         .map(|_| serde_json::to_vec(&generator.tweet(now_ms)).expect("JSON"))
@@ -188,11 +198,11 @@ pub async fn run(dir: &std::path::Path, rates: &[u64], secs: u64) -> anyhow::Res
     let (mut last, mut moved) = (0usize, Instant::now());
     // The consumer group's join (the broker waits 3 s for more members before it assigns
     // partitions) is latency, not throughput: the rate is timed from the first record on.
-    let mut first: Option<(Instant, f64, usize)> = None;
+    let mut first: Option<(Instant, f64, f64, usize)> = None;
     loop {
         let n = count(&state, "backlog").await? as usize;
         if n > 0 && first.is_none() {
-            first = Some((Instant::now(), cpu_seconds(), n));
+            first = Some((Instant::now(), cpu_seconds(), broker_cpu_seconds(), n));
         }
         if n >= backlog {
             break;
@@ -208,19 +218,26 @@ pub async fn run(dir: &std::path::Path, rates: &[u64], secs: u64) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs_taken = started.elapsed().as_secs_f64();
-    let (first_at, first_cpu, first_n) = first.expect("the loop ends with records stored");
+    let (first_at, first_cpu, first_broker_cpu, first_n) =
+        first.expect("the loop ends with records stored");
     let draining = first_at.elapsed().as_secs_f64();
     let drained = (backlog - first_n) as f64;
     let mbps = bytes as f64 / 1e6 * drained / backlog as f64 / draining;
+    let cpu = (cpu_seconds() - first_cpu).max(1e-9);
+    let broker_cpu = broker_cpu_seconds() - first_broker_cpu;
     println!(
         "kafka backlog of {backlog} tweets ({:.0} MB, {partitions} partitions) stored in {secs_taken:.1} s, \
          the first after {:.1} s (the consumer group's join); from then on {:.0} tweets/s, {mbps:.1} MB/s \
-         ({:.1} MB/s per core over {cores} cores; {:.1} MB per CPU-second, the in-process broker's included)",
+         ({:.1} MB/s per core over {cores} cores, the in-process broker sharing them); \
+         {:.1} MB per CPU-second of the process, {:.1} of tarn without the broker's thread \
+         ({:.0}% of the CPU used)",
         bytes as f64 / 1e6,
         secs_taken - draining,
         drained / draining,
         mbps / cores,
-        mbps * draining / (cpu_seconds() - first_cpu).max(1e-9)
+        mbps * draining / cpu,
+        mbps * draining / (cpu - broker_cpu).max(1e-9),
+        100.0 * broker_cpu / cpu,
     );
     state.sources.stop_all();
     storage.close();

@@ -117,7 +117,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let first = engine_query(&engine, &sql).await?;
         let first_ms = t.elapsed().as_secs_f64() * 1e3;
         let mut times = Vec::new();
-        for _ in 0..10 {
+        for _ in 0..args.runs.max(1) {
             let t = Instant::now();
             engine_query(&engine, &sql).await?;
             times.push(t.elapsed().as_secs_f64() * 1e3);
