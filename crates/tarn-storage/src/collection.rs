@@ -412,14 +412,19 @@ fn logged_to_documents(docs: Vec<LoggedDoc>) -> TarnResult<Vec<(Document, Vec<u8
         .collect()
 }
 
+/// The Arrow batch of documents and their `_id`s, in order.
+fn batch_and_ids(docs: &[(Document, Vec<u8>)]) -> (RecordBatch, Vec<String>) {
+    let pairs: Vec<(&Document, &[u8])> = docs.iter().map(|(d, t)| (d, t.as_slice())).collect();
+    let ids = docs.iter().map(|(d, _)| d.id.clone()).collect();
+    (documents_to_batch_parallel(&pairs), ids)
+}
+
 /// Builds the batch and the log record for documents (done by the caller's thread).
 pub fn prepare_write(
     docs: Vec<(Document, Vec<u8>)>,
     checkpoints: Vec<(String, String)>,
 ) -> PreparedWrite {
-    let pairs: Vec<(&Document, &[u8])> = docs.iter().map(|(d, t)| (d, t.as_slice())).collect();
-    let batch = documents_to_batch_parallel(&pairs);
-    let ids = docs.iter().map(|(d, _)| d.id.clone()).collect();
+    let (batch, ids) = batch_and_ids(&docs);
     let logged: Vec<LoggedDoc> = docs
         .into_iter()
         .map(|(d, json)| LoggedDoc {
@@ -555,12 +560,11 @@ impl Collection {
                 match rec {
                     WalRecord::Insert { docs, checkpoints } => {
                         let docs = logged_to_documents(docs)?;
-                        let pairs: Vec<(&Document, &[u8])> =
-                            docs.iter().map(|(d, t)| (d, t.as_slice())).collect();
                         // Already logged: only the batch is built, not a record to log.
+                        let (batch, ids) = batch_and_ids(&docs);
                         let write = PreparedWrite {
-                            batch: documents_to_batch_parallel(&pairs),
-                            ids: docs.iter().map(|(d, _)| d.id.clone()).collect(),
+                            batch,
+                            ids,
                             framed: Vec::new(),
                             checkpoints,
                         };

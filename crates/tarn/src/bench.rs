@@ -111,13 +111,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return crate::bench_scale::run(&args).await;
     }
     if args.kafka {
-        return crate::bench_kafka::run(
-            &args.dir,
-            &args.kafka_rates,
-            args.kafka_secs,
-            args.kafka_backlog,
-        )
-        .await;
+        return crate::bench_kafka::run(&args).await;
     }
     if args.live {
         return crate::bench_live::run(

@@ -13,7 +13,7 @@ use tarn_ingest::producer::KafkaWriter;
 use tarn_sql::QueryRequest;
 use tarn_storage::{DEFAULT_WORKSPACE, SealPolicy, Storage};
 
-use crate::bench::{cpu_seconds, percentile};
+use crate::bench::{BenchArgs, cpu_seconds, percentile};
 use crate::tweets::TweetGenerator;
 
 /// Creates a collection reading `topic` through the real source manager.
@@ -71,12 +71,13 @@ fn partitions_for(bytes: usize) -> i32 {
     (bytes / (MOCK_PARTITION_BYTES / 2) + 1).clamp(4, 512) as i32
 }
 
-pub async fn run(
-    dir: &std::path::Path,
-    rates: &[u64],
-    secs: u64,
-    backlog: usize,
-) -> anyhow::Result<()> {
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let (dir, rates, secs, backlog) = (
+        args.dir.as_path(),
+        &args.kafka_rates,
+        args.kafka_secs,
+        args.kafka_backlog,
+    );
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
