@@ -324,7 +324,7 @@ async fn consume(
         {
             let (sink, consumer, topic, positions) = (sink, &consumer, &topic, &positions);
             storing = Some(Box::pin(async move {
-                let (records, started) = (prepared.records, Instant::now());
+                let (records, started) = (prepared.batch.records(), Instant::now());
                 store_prepared(sink, consumer, topic, positions, prepared).await?;
                 Ok((records, started))
             }));
@@ -339,18 +339,13 @@ async fn consume(
                     .collect();
                 let (sink, topic) = (sink, &topic);
                 preparing = Some(Box::pin(async move {
-                    let count = records.len();
                     let batch = sink.prepare(records, checkpoints).await.map_err(|e| {
                         format!(
                             "preparing messages of Kafka topic '{topic}' failed: {}",
                             e.message
                         )
                     })?;
-                    Ok(Prepared {
-                        batch,
-                        next,
-                        records: count,
-                    })
+                    Ok(Prepared { batch, next })
                 }));
             }
         }
@@ -364,7 +359,6 @@ type StageFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, String
 struct Prepared {
     batch: PreparedBatch,
     next: BTreeMap<i32, i64>,
-    records: usize,
 }
 
 /// What woke the consuming loop.

@@ -416,6 +416,13 @@ pub struct PreparedBatch {
     prepare_ms: f64,
 }
 
+impl PreparedBatch {
+    /// How many records the batch was prepared from, bad ones included.
+    pub fn records(&self) -> usize {
+        self.records as usize
+    }
+}
+
 /// Below this many items a batch is not worth cutting up.
 const MIN_PIECE: usize = 64;
 
