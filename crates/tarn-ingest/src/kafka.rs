@@ -309,7 +309,18 @@ async fn consume(
             }
             Event::Prepared(done) => {
                 preparing = None;
-                ready = Some(done?);
+                match done {
+                    Ok(prepared) => ready = Some(prepared),
+                    Err(e) => {
+                        // What is being stored was read before the failed batch: let it
+                        // finish, so the next consumer starts from positions that no write
+                        // in flight is still changing.
+                        if let Some(store) = storing.take() {
+                            store.await?;
+                        }
+                        return Err(e);
+                    }
+                }
             }
             Event::Received => {}
             Event::Failed(e) => {
