@@ -62,7 +62,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub keep: bool,
     /// Run the scale benchmark again over what a `--keep` run left in `--dir`: no
-    /// generating or loading for tarn (DuckDB and chDB load the NDJSON again); kept after.
+    /// generating, and no loading for tarn unless `DIR/data` was deleted (DuckDB and chDB
+    /// load the NDJSON again); kept after.
     #[arg(long)]
     pub reuse: bool,
     /// Runs of each query in the scale benchmark, after a first one; their median is reported.

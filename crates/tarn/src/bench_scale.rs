@@ -52,10 +52,29 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "--reuse: {} holds {docs} tweets, not --scale-docs {n}",
             args.dir.display()
         );
-        let storage = Storage::open(&data, SealPolicy::default())?;
-        let (_, c) = storage.get_collection(DEFAULT_WORKSPACE, "bench")?;
-        println!("reusing {} tweets in {}", docs, args.dir.display());
-        (now_ms, json_bytes as f64 / 1e6, storage, c)
+        let json_mb = json_bytes as f64 / 1e6;
+        let (storage, c) = if data.exists() {
+            let started = Instant::now();
+            let storage = Storage::open(&data, SealPolicy::default())?;
+            let (_, c) = storage.get_collection(DEFAULT_WORKSPACE, "bench")?;
+            println!(
+                "reusing {} tweets in {}: opened in {:.1} s",
+                docs,
+                args.dir.display(),
+                started.elapsed().as_secs_f64()
+            );
+            (storage, c)
+        } else {
+            // Reloads tarn alone from the kept tweets (after a change to how tarn stores
+            // them), without generating them again.
+            println!(
+                "reusing the {docs} tweets of {}; loading tarn again into {}",
+                ndjson.display(),
+                data.display()
+            );
+            load_tarn(&ndjson, &data, json_mb).await?
+        };
+        (now_ms, json_mb, storage, c)
     } else {
         let _ = std::fs::remove_dir_all(&args.dir);
         std::fs::create_dir_all(&args.dir)?;
@@ -74,33 +93,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             &run_file,
             json!({"now_ms": now_ms, "json_bytes": json_bytes, "docs": n}).to_string(),
         )?;
-        let storage = Storage::open(&data, SealPolicy::default())?;
-        let options = tweets_collection_options();
-        let (_, c) = storage.create_collection(
-            DEFAULT_WORKSPACE,
-            "bench",
-            "",
-            options,
-            Default::default(),
-        )?;
-        let started = Instant::now();
-        let cpu_before = cpu_seconds();
-        let c2 = c.clone();
-        let path = ndjson.clone();
-        tokio::task::spawn_blocking(move || load(&path, &c2)).await??;
-        c.seal().await?;
-        let secs = started.elapsed().as_secs_f64();
-        let cache = tarn_storage::cache::column_cache();
-        println!(
-            "tarn load (zstd decoding included): {secs:.0} s, {:.1} MB/s of JSON, {:.1} MB per CPU-second; \
-             disk {:.2} GB; RSS {:.1} GB; column cache {:.1} of {:.1} GB",
-            json_mb / secs,
-            json_mb / (cpu_seconds() - cpu_before).max(1e-9),
-            dir_size(&data) as f64 / 1e9,
-            rss_bytes() as f64 / 1e9,
-            cache.used() as f64 / 1e9,
-            cache.budget() as f64 / 1e9,
-        );
+        let (storage, c) = load_tarn(&ndjson, &data, json_mb).await?;
         (now_ms, json_mb, storage, c)
     };
     let cache = tarn_storage::cache::column_cache();
@@ -164,6 +157,45 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&args.dir);
     }
     Ok(())
+}
+
+/// Loads the tweets of `ndjson` into a new tarn store in `data`, sealed, and prints the
+/// load's rate, CPU, disk and memory.
+async fn load_tarn(
+    ndjson: &Path,
+    data: &Path,
+    json_mb: f64,
+) -> anyhow::Result<(
+    std::sync::Arc<Storage>,
+    std::sync::Arc<tarn_storage::Collection>,
+)> {
+    let storage = Storage::open(data, SealPolicy::default())?;
+    let (_, c) = storage.create_collection(
+        DEFAULT_WORKSPACE,
+        "bench",
+        "",
+        tweets_collection_options(),
+        Default::default(),
+    )?;
+    let started = Instant::now();
+    let cpu_before = cpu_seconds();
+    let (c2, path) = (c.clone(), ndjson.to_owned());
+    tokio::task::spawn_blocking(move || load(&path, &c2)).await??;
+    c.seal().await?;
+    let secs = started.elapsed().as_secs_f64();
+    let cache = tarn_storage::cache::column_cache();
+    println!(
+        "tarn load (zstd decoding included): {secs:.0} s, {:.1} MB/s of JSON, {:.1} MB per CPU-second; \
+         disk {:.2} GB in {} segments; RSS {:.1} GB; column cache {:.1} of {:.1} GB",
+        json_mb / secs,
+        json_mb / (cpu_seconds() - cpu_before).max(1e-9),
+        dir_size(data) as f64 / 1e9,
+        c.stats().segments,
+        rss_bytes() as f64 / 1e9,
+        cache.used() as f64 / 1e9,
+        cache.budget() as f64 / 1e9,
+    );
+    Ok((storage, c))
 }
 
 /// Writes `n` tweets spread over the day before `now_ms` to `path` as NDJSON in zstd frames
