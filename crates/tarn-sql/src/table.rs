@@ -897,34 +897,43 @@ mod tests {
         storage.close();
     }
 
-    /// A descending sort asks the scan for each segment's rows last to first; the sort
-    /// stays, so the answer is the same whatever order the rows come in.
-    #[tokio::test]
-    async fn a_descending_sort_reads_segments_newest_rows_first() {
+    /// Writes `rounds` writes of `per_round` documents (`doc(i)` for i = 1, 2, ...), sealed
+    /// in between: rows of several sealed segments and of the mutable one.
+    async fn write_sealed_rounds(
+        c: &tarn_storage::Collection,
+        rounds: u64,
+        per_round: u64,
+        doc: impl Fn(u64) -> serde_json::Value,
+    ) {
         use tarn_storage::document::{IngestContext, prepare};
-        let (_dir, storage, engine) = crate::testing::engine_over(json!({"k": 0})).await;
-        let (_, c) = storage.get_collection("commons", "c").unwrap();
-        let (meta, mut next) = (json!(null), 1);
+        let meta = json!(null);
         let ctx = IngestContext {
             event_time_info: None,
             now_micros: 0,
             meta: &meta,
         };
-        // Three writes, sealed in between: rows of several segments and of the mutable one.
-        for round in 0..3 {
-            let docs = (0..50)
-                .map(|_| {
-                    let doc = json!({"k": next, "odd": next % 2 == 1});
-                    next += 1;
-                    let text = doc.to_string().into_bytes();
-                    (prepare(doc, &ctx).unwrap(), text)
+        for round in 0..rounds {
+            let docs = (1..=per_round)
+                .map(|n| {
+                    let d = doc(round * per_round + n);
+                    let text = d.to_string().into_bytes();
+                    (prepare(d, &ctx).unwrap(), text)
                 })
                 .collect();
             c.insert(docs, Vec::new()).await.unwrap();
-            if round < 2 {
+            if round + 1 < rounds {
                 c.seal().await.unwrap();
             }
         }
+    }
+
+    /// A descending sort asks the scan for each segment's rows last to first; the sort
+    /// stays, so the answer is the same whatever order the rows come in.
+    #[tokio::test]
+    async fn a_descending_sort_reads_segments_newest_rows_first() {
+        let (_dir, storage, engine) = crate::testing::engine_over(json!({"k": 0})).await;
+        let (_, c) = storage.get_collection("commons", "c").unwrap();
+        write_sealed_rounds(&c, 3, 50, |k| json!({"k": k, "odd": k % 2 == 1})).await;
         let ks = |sql: &'static str| {
             let engine = engine.clone();
             async move {
@@ -972,34 +981,16 @@ mod tests {
     /// chunks.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_top_n_threshold_pushed_into_the_scan_keeps_the_rows_of_a_full_sort() {
-        use tarn_storage::document::{IngestContext, prepare};
         let (_dir, storage, engine) = crate::testing::engine_over(json!({"k": 0})).await;
         let (_, c) = storage.get_collection("commons", "c").unwrap();
-        let meta = json!(null);
-        let ctx = IngestContext {
-            event_time_info: None,
-            now_micros: 0,
-            meta: &meta,
-        };
-        let mut i = 0u64;
-        for round in 0..3 {
-            let docs = (0..3_000)
-                .map(|_| {
-                    i += 1;
-                    let doc = if i.is_multiple_of(500) {
-                        json!({"pad": format!("row {i}"), "odd": true})
-                    } else {
-                        json!({"k": (i * 7_919) % 9_001, "pad": format!("row {i}"), "odd": i % 2 == 1})
-                    };
-                    let text = doc.to_string().into_bytes();
-                    (prepare(doc, &ctx).unwrap(), text)
-                })
-                .collect();
-            c.insert(docs, Vec::new()).await.unwrap();
-            if round < 2 {
-                c.seal().await.unwrap();
+        write_sealed_rounds(&c, 3, 3_000, |i| {
+            if i.is_multiple_of(500) {
+                json!({"pad": format!("row {i}"), "odd": true})
+            } else {
+                json!({"k": (i * 7_919) % 9_001, "pad": format!("row {i}"), "odd": i % 2 == 1})
             }
-        }
+        })
+        .await;
         let query = |sql: String| {
             let engine = engine.clone();
             async move {
