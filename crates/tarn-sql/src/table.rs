@@ -289,28 +289,17 @@ impl SegmentReader {
             let from = rows.next;
             // The filters' present form: until an operator tightens one (a top-n once its
             // heap is full), it is `true`, and the rows after the first chunk go at once.
-            let active = match late {
-                Some(late) if from == 0 => Some(late.filters.clone()),
-                Some(late) => late.active()?,
+            let checked = match late {
+                Some(late) if from == 0 => Some((late, late.filters.clone())),
+                Some(late) => late.active()?.map(|filters| (late, filters)),
                 None => None,
             };
-            let (indices, to) = match active {
+            let (indices, to) = match checked {
                 None if from == 0 => (rows.order.clone(), total),
-                None => {
-                    let rest = match &rows.order {
-                        Some(order) => order.slice(from, total - from),
-                        None => UInt32Array::from_iter_values(from as u32..total as u32),
-                    };
-                    (Some(rest), total)
-                }
-                Some(filters) => {
-                    let size = if from == 0 { FIRST_CHUNK } else { CHUNK };
-                    let to = total.min(from + size);
-                    let chunk = match &rows.order {
-                        Some(order) => order.slice(from, to - from),
-                        None => UInt32Array::from_iter_values(from as u32..to as u32),
-                    };
-                    let late = late.expect("filters come from the late filters");
+                None => (Some(rows.range(from, total)), total),
+                Some((late, filters)) => {
+                    let to = total.min(from + if from == 0 { FIRST_CHUNK } else { CHUNK });
+                    let chunk = rows.range(from, to);
                     (Some(late.keep(self, &filters, &rows.segment, chunk)?), to)
                 }
             };
@@ -410,6 +399,16 @@ struct SegmentRows {
     order: Option<UInt32Array>,
     nulls_needed: bool,
     next: usize,
+}
+
+impl SegmentRows {
+    /// The segment's row numbers at positions `from..to` of the hand-over order.
+    fn range(&self, from: usize, to: usize) -> UInt32Array {
+        match &self.order {
+            Some(order) => order.slice(from, to - from),
+            None => UInt32Array::from_iter_values(from as u32..to as u32),
+        }
+    }
 }
 
 /// Rows handed over in the first chunk of a segment when there are late filters: enough
