@@ -1,5 +1,6 @@
 //! Workspaces as DataFusion schemas and collections as tables, looked up live in the storage.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -8,6 +9,29 @@ use datafusion::common::Result;
 use tarn_storage::Storage;
 
 use crate::table::CollectionTable;
+
+tokio::task_local! {
+    /// The top-level columns the statement being planned can name (see
+    /// [`with_query_columns`]).
+    static QUERY_COLUMNS: Arc<HashSet<String>>;
+}
+
+/// Runs `planning` with table lookups that give each collection only the top-level columns
+/// in `columns`, in tables planned to be kept and run again
+/// ([`CollectionTable::reusable`]). DataFusion's planning copies, hashes and compares
+/// table schemas many times over; a tweet's has dozens of columns and hundreds of nested
+/// fields, of which a query names a few, and the whole schema made up most of planning
+/// the tutorial's queries.
+///
+/// Contract: `columns` holds every name the statement could resolve to a column (a
+/// superset is fine); a statement with a wildcard or a natural join must be planned
+/// without this, as those reach columns they do not name.
+pub async fn with_query_columns<F: Future>(
+    columns: Arc<HashSet<String>>,
+    planning: F,
+) -> F::Output {
+    QUERY_COLUMNS.scope(columns, planning).await
+}
 
 /// The catalog: one schema per workspace. Lookups see collections created a moment ago.
 #[derive(Debug)]
@@ -70,11 +94,28 @@ impl SchemaProvider for WorkspaceSchema {
             .get_collection(&self.workspace, name)
             .ok()
             .map(|(info, c)| {
-                Arc::new(CollectionTable::new(
-                    info.workspace,
-                    info.name,
-                    c.snapshot(),
-                )) as Arc<dyn TableProvider>
+                let mut snapshot = c.snapshot();
+                let collection_schema = snapshot.schema.clone();
+                let named = QUERY_COLUMNS.try_with(Arc::clone).ok();
+                if let Some(columns) = &named {
+                    let fields: Vec<_> = snapshot
+                        .schema
+                        .fields()
+                        .iter()
+                        .filter(|f| columns.contains(f.name()))
+                        .cloned()
+                        .collect();
+                    snapshot.schema =
+                        Arc::new(datafusion::arrow::datatypes::Schema::new_with_metadata(
+                            fields,
+                            snapshot.schema.metadata().clone(),
+                        ));
+                }
+                let table = CollectionTable::new(info.workspace, info.name, snapshot);
+                Arc::new(match named {
+                    Some(_) => table.reusable(collection_schema),
+                    None => table,
+                }) as Arc<dyn TableProvider>
             }))
     }
 

@@ -5,7 +5,7 @@
 //! `NULL`, and a warning names it and suggests the nearest known path. Paths that go through
 //! an array or a variant cannot be checked and are left alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
@@ -265,6 +265,67 @@ pub fn replace_undefined_paths(statement: &mut Statement, resolve: Resolver) -> 
     c.warnings
 }
 
+/// Every name a query statement could resolve to a column: each word of its text, quoted
+/// or not. `None` when the statement could reach columns it does not name: a wildcard
+/// (`SELECT *`, `t.*`, `f(*)` other than `count(*)`), a natural join, or a statement other
+/// than a query (`DESCRIBE`, `SHOW COLUMNS`). See [`crate::catalog::with_query_columns`].
+pub fn query_columns(statement: &Statement) -> Option<HashSet<String>> {
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let query = match statement {
+        Statement::Query(q) => q,
+        Statement::Explain { statement, .. } => match statement.as_ref() {
+            Statement::Query(q) => q,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let text = query.to_string();
+    let tokens = Tokenizer::new(&crate::dialect::RocksetDialect, &text)
+        .tokenize()
+        .ok()?;
+    let significant: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let mut names = HashSet::new();
+    for (i, token) in significant.iter().enumerate() {
+        match token {
+            Token::Word(w) if w.keyword == Keyword::NATURAL && w.quote_style.is_none() => {
+                return None;
+            }
+            Token::Word(w) => {
+                names.insert(w.value.clone());
+            }
+            Token::Mul => {
+                let before = i.checked_sub(1).map(|j| significant[j]);
+                let multiplies = match before {
+                    // `a * 2`, `2 * a`, `'x' * a`: an operand before it.
+                    Some(Token::Word(w)) => {
+                        w.quote_style.is_some()
+                            || !matches!(
+                                w.keyword,
+                                Keyword::SELECT | Keyword::DISTINCT | Keyword::ALL
+                            )
+                    }
+                    Some(Token::Number(..) | Token::SingleQuotedString(_)) => true,
+                    // `count(*)` counts rows; `f(*)` of any other function is a wildcard.
+                    Some(Token::LParen) => {
+                        i >= 2
+                            && matches!(significant[i - 2], Token::Word(w) if w.value.eq_ignore_ascii_case("count"))
+                    }
+                    _ => false,
+                };
+                if !multiplies {
+                    return None;
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +374,41 @@ mod tests {
             nearest("latest", &["lastest".to_string(), "other".to_string()]).map(String::as_str),
             Some("lastest")
         );
+    }
+
+    fn columns(sql: &str) -> Option<Vec<String>> {
+        let statement = Parser::parse_sql(&RocksetDialect, sql).unwrap().remove(0);
+        query_columns(&statement).map(|c| {
+            let mut c: Vec<String> = c.into_iter().collect();
+            c.sort();
+            c
+        })
+    }
+
+    #[test]
+    fn a_query_names_its_columns_unless_it_reaches_others() {
+        let named = columns(
+            "SELECT t.user.screen_name, count(*) AS n, 2 * \"fc\" FROM \"my-coll\" t \
+             WHERE t.a * t.b > 1 GROUP BY 1",
+        )
+        .unwrap();
+        for name in ["screen_name", "user", "fc", "my-coll", "a", "b", "t"] {
+            assert!(named.contains(&name.to_owned()), "{name} in {named:?}");
+        }
+        for sql in [
+            "SELECT * FROM t",
+            "SELECT t.* FROM t",
+            "SELECT a, * FROM t",
+            "SELECT DISTINCT * FROM t",
+            "SELECT DISTINCT ON (a) * FROM t",
+            "SELECT * EXCLUDE (a) FROM t",
+            "SELECT x FROM (SELECT * FROM t) s",
+            "SELECT a FROM t NATURAL JOIN u",
+            "SELECT array_agg(*) FROM t",
+        ] {
+            assert_eq!(columns(sql), None, "{sql}");
+        }
+        assert_eq!(columns("DESCRIBE t"), None);
+        assert_eq!(columns("SHOW COLUMNS FROM t"), None);
     }
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array,
 };
@@ -13,7 +14,7 @@ use datafusion::catalog::Session;
 use datafusion::common::ScalarValue;
 use datafusion::common::Statistics;
 use datafusion::common::stats::Precision;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, DataFusionError, Result};
 use datafusion::config::ConfigOptions;
 use datafusion::datasource::TableType;
@@ -21,8 +22,10 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::expr_rewriter::unnormalize_col;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::create_physical_expr;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::utils::{collect_columns, reassign_expr_columns};
@@ -58,6 +61,10 @@ pub struct CollectionTable {
     /// Struct columns of which the query reads only some fields (set by
     /// [`crate::subfields::NarrowStructScans`]); the scan returns the others as nulls.
     subfields: Arc<HashMap<String, Subfields>>,
+    /// Set when the plan may be kept and run again ([`rebind_scans`]): the collection
+    /// schema it was planned for (the whole one, where `snapshot.schema` may hold only
+    /// the columns the query names).
+    reusable_for: Option<SchemaRef>,
 }
 
 impl CollectionTable {
@@ -67,6 +74,19 @@ impl CollectionTable {
             name,
             snapshot,
             subfields: Arc::default(),
+            reusable_for: None,
+        }
+    }
+
+    /// The same table, scanned so that the plan can be run again later over another
+    /// snapshot of a collection whose schema is still `collection_schema`: its scans keep
+    /// what they need to be bound again, split into a fixed number of partitions, and
+    /// report row counts as estimates, so that no operator is planned on a count that
+    /// holds only now.
+    pub fn reusable(self, collection_schema: SchemaRef) -> Self {
+        CollectionTable {
+            reusable_for: Some(collection_schema),
+            ..self
         }
     }
 
@@ -81,6 +101,7 @@ impl CollectionTable {
             name: self.name.clone(),
             snapshot: self.snapshot.clone(),
             subfields: Arc::new(subfields),
+            reusable_for: self.reusable_for.clone(),
         }
     }
 }
@@ -127,12 +148,54 @@ impl datafusion::catalog::TableProvider for CollectionTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let schema = self.snapshot.schema.clone();
-        let projected: SchemaRef = match projection {
+        let spec = ScanSpec {
+            workspace: self.workspace.clone(),
+            name: self.name.clone(),
+            planned_schema: self.reusable_for.clone(),
+            schema: self.snapshot.schema.clone(),
+            subfields: self.subfields.clone(),
+            projection: projection.cloned(),
+            filters: filters.to_vec(),
+            partitions: state.config().target_partitions().max(1),
+        };
+        let now = state
+            .execution_props()
+            .query_execution_start_time
+            .unwrap_or_else(Utc::now);
+        Ok(Arc::new(Arc::new(spec).plan(&self.snapshot, now)?))
+    }
+}
+
+/// A scan as the query planned it, before it is bound to a snapshot and a time.
+#[derive(Debug)]
+struct ScanSpec {
+    workspace: String,
+    name: String,
+    /// For a reusable scan, the collection schema it was planned for.
+    planned_schema: Option<SchemaRef>,
+    /// The table's schema (only the columns the query names, when it was narrowed).
+    schema: SchemaRef,
+    subfields: Arc<HashMap<String, Subfields>>,
+    projection: Option<Vec<usize>>,
+    /// As DataFusion pushed them in: they may read the query's time (`now()`).
+    filters: Vec<Expr>,
+    /// The session's; a reusable scan always has this many, a one-off one no more than
+    /// it has segments.
+    partitions: usize,
+}
+
+impl ScanSpec {
+    /// The scan of `snapshot`'s segments (its schema aside: the spec's is the one
+    /// planned), with the filters' `now()` at `now`.
+    fn plan(self: &Arc<Self>, snapshot: &Snapshot, now: DateTime<Utc>) -> Result<SegmentsExec> {
+        let schema = self.schema.clone();
+        let projected: SchemaRef = match &self.projection {
             Some(p) => Arc::new(schema.project(p)?),
             None => schema.clone(),
         };
-        let cutoff = self.snapshot.retention_cutoff;
+        let filters = bind_time(&self.filters, now)?;
+        let filters = filters.as_slice();
+        let cutoff = snapshot.retention_cutoff;
         // Every filter `supports_filters_pushdown` called exact is applied here.
         let exact: Vec<Expr> = filters
             .iter()
@@ -150,7 +213,7 @@ impl datafusion::catalog::TableProvider for CollectionTable {
             (_, Some(Keep::All)) | (Keep::All, None) => Some(true),
             _ => Some(false),
         };
-        let sealed = &self.snapshot.sealed;
+        let sealed = &snapshot.sealed;
         let sealed_keep = pruner.keep_each(sealed);
         let sealed_exact_keep = exact_pruner.as_ref().map(|p| p.keep_each(sealed));
         // Each segment that may hold rows that pass, and whether every row passes the
@@ -165,7 +228,7 @@ impl datafusion::catalog::TableProvider for CollectionTable {
                 chosen.push((entry.clone(), whole));
             }
         }
-        for entry in &self.snapshot.runs {
+        for entry in &snapshot.runs {
             let stats = &entry.segment.stats;
             if entry.live_rows() > 0
                 && cutoff.is_none_or(|c| stats.max_event_time >= c)
@@ -187,17 +250,99 @@ impl datafusion::catalog::TableProvider for CollectionTable {
         // last): dashboards ask for the latest rows (`ORDER BY timestamp DESC LIMIT n`), and
         // DataFusion's top-n then fills its heap from the newest segment and turns older
         // rows away with one comparison instead of inserting every row of the window.
-        let n = state
-            .config()
-            .target_partitions()
-            .max(1)
-            .min(chosen.len().max(1));
+        let n = match self.planned_schema {
+            Some(_) => self.partitions,
+            None => self.partitions.min(chosen.len().max(1)),
+        };
         let mut partitions: Vec<Vec<(SegmentEntry, bool)>> = vec![Vec::new(); n];
         for (i, task) in chosen.into_iter().rev().enumerate() {
             partitions[i % n].push(task);
         }
-        Ok(Arc::new(SegmentsExec::new(reader, partitions)))
+        Ok(SegmentsExec::new(reader, partitions, self.clone()))
     }
+}
+
+/// `filters` with the query's time functions (`now()`, `current_date()`...) evaluated at
+/// `now`, and what that makes constant folded, so that they prune segments. A plan kept to
+/// run again holds them unevaluated ([`crate::engine`] plans such queries without a start
+/// time), and each run binds them to its own time.
+fn bind_time(filters: &[Expr], now: DateTime<Utc>) -> Result<Vec<Expr>> {
+    filters
+        .iter()
+        .map(|f| {
+            if !reads_query_time(f) {
+                return Ok(f.clone());
+            }
+            let context = SimplifyContext::builder()
+                .with_query_execution_start_time(Some(now))
+                .build();
+            ExprSimplifier::new(context).simplify(f.clone())
+        })
+        .collect()
+}
+
+/// Whether `expr` calls a function whose value is the query's time.
+pub(crate) fn reads_query_time(expr: &Expr) -> bool {
+    expr.exists(|e| {
+        Ok(matches!(e, Expr::ScalarFunction(f)
+            if matches!(f.func.name(), "now" | "current_date" | "current_time")))
+    })
+    .unwrap_or(true)
+}
+
+/// The collection each reusable scan of `plan` reads, with the schema it was planned for.
+pub fn scan_schemas(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, String, SchemaRef)> {
+    let mut out = Vec::new();
+    let _ = plan.apply(|node| {
+        if let Some(scan) = node.downcast_ref::<SegmentsExec>()
+            && let Some(planned) = &scan.spec.planned_schema
+        {
+            out.push((
+                scan.spec.workspace.clone(),
+                scan.spec.name.clone(),
+                planned.clone(),
+            ));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
+
+/// A kept plan made ready to run again: each scan bound to its collection's present
+/// snapshot and to `now`, every other operator reset (a top-n's threshold, a repartition's
+/// channels), as on its first run. `None` when a scan's collection is gone or its schema
+/// changed, or the plan holds a scan not planned as reusable: it must be planned again.
+pub fn rebind_scans(
+    plan: Arc<dyn ExecutionPlan>,
+    storage: &tarn_storage::Storage,
+    now: DateTime<Utc>,
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let mut stale = false;
+    let plan = plan
+        .transform_up(|node| {
+            let Some(scan) = node.downcast_ref::<SegmentsExec>() else {
+                return Ok(Transformed::yes(node.reset_state()?));
+            };
+            let spec = &scan.spec;
+            let snapshot = storage
+                .get_collection(&spec.workspace, &spec.name)
+                .ok()
+                .map(|(_, c)| c.snapshot())
+                .filter(|s| {
+                    spec.planned_schema
+                        .as_ref()
+                        .is_some_and(|planned| Arc::ptr_eq(planned, &s.schema))
+                });
+            let Some(snapshot) = snapshot else {
+                stale = true;
+                return Ok(Transformed::no(node));
+            };
+            let mut fresh = spec.plan(&snapshot, now)?;
+            fresh.newest_rows_first = scan.newest_rows_first;
+            Ok(Transformed::yes(Arc::new(fresh) as Arc<dyn ExecutionPlan>))
+        })?
+        .data;
+    Ok((!stale).then_some(plan))
 }
 
 /// What a scan does to each segment it reads: the rows its filters keep, copied with only
@@ -539,6 +684,8 @@ struct SegmentsExec {
     newest_rows_first: bool,
     /// Filters pushed in from above while planning, checked before rows are copied.
     late: Option<Arc<LateFilters>>,
+    /// How the scan was planned, to bind it again ([`rebind_scans`]).
+    spec: Arc<ScanSpec>,
     properties: Arc<PlanProperties>,
     /// Per partition, then for all of them.
     partition_stats: Vec<Arc<Statistics>>,
@@ -546,7 +693,12 @@ struct SegmentsExec {
 }
 
 impl SegmentsExec {
-    fn new(reader: SegmentReader, partitions: Vec<Vec<(SegmentEntry, bool)>>) -> Self {
+    fn new(
+        reader: SegmentReader,
+        partitions: Vec<Vec<(SegmentEntry, bool)>>,
+        spec: Arc<ScanSpec>,
+    ) -> Self {
+        let reusable = spec.planned_schema.is_some();
         let schema = reader.projected.clone();
         let counted = |rows: Precision<usize>| {
             let mut s = Statistics::new_unknown(&schema);
@@ -559,7 +711,7 @@ impl SegmentsExec {
                 .retention_cutoff
                 .is_some_and(|c| entry.segment.stats.min_event_time < c);
             let filtered = !whole && reader.row_filter.is_some();
-            if filtered || cut {
+            if filtered || cut || reusable {
                 Precision::Inexact(rows)
             } else {
                 Precision::Exact(rows)
@@ -571,6 +723,7 @@ impl SegmentsExec {
         let per_partition: Vec<Precision<usize>> = partitions
             .iter()
             .map(|tasks| sum(&mut tasks.iter().map(rows_of)))
+            .map(|rows| if reusable { rows.to_inexact() } else { rows })
             .collect();
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
@@ -578,13 +731,19 @@ impl SegmentsExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
+        let mut total = sum(&mut per_partition.iter().cloned());
+        if reusable {
+            // Even none at all: a count of no rows would be planned as a constant.
+            total = total.to_inexact();
+        }
         SegmentsExec {
-            total: counted(sum(&mut per_partition.iter().cloned())),
+            total: counted(total),
             partition_stats: per_partition.into_iter().map(counted).collect(),
             reader: Arc::new(reader),
             partitions,
             newest_rows_first: false,
             late: None,
+            spec,
             properties: Arc::new(properties),
         }
     }

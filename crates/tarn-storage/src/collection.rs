@@ -1046,7 +1046,12 @@ impl Writer {
         {
             let mut s = self.state.write();
             let replaced_elsewhere = mark_deleted(&mut s, &elsewhere);
-            s.schema = types::merge_schemas(&s.schema, &segment.schema());
+            // The schema's `Arc` changes only when the schema does: cached query plans
+            // are valid for as long as it stays the same.
+            let merged = types::merge_schemas(&s.schema, &segment.schema());
+            if merged != s.schema {
+                s.schema = merged;
+            }
             s.segments.insert(
                 seg_id,
                 SegmentEntry {
