@@ -401,7 +401,7 @@ mod tests {
             "SELECT a, * FROM t",
             "SELECT DISTINCT * FROM t",
             "SELECT DISTINCT ON (a) * FROM t",
-            "SELECT * EXCLUDE (a) FROM t",
+            "SELECT * EXCEPT (a) FROM t",
             "SELECT x FROM (SELECT * FROM t) s",
             "SELECT a FROM t NATURAL JOIN u",
             "SELECT array_agg(*) FROM t",
