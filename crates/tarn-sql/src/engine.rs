@@ -176,6 +176,15 @@ impl QueryEngine {
     }
 }
 
+/// What the dialect layer makes of a query: the statement, the warnings, the CTE names and
+/// the collection schemas it judged paths by (workspace, name, schema).
+pub type Dialected = (
+    datafusion::sql::parser::Statement,
+    Vec<String>,
+    Vec<String>,
+    Vec<(String, String, SchemaRef)>,
+);
+
 /// A physical plan ready to run, with what the response needs.
 struct Ready {
     plan: Arc<dyn ExecutionPlan>,
@@ -361,19 +370,24 @@ impl QueryEngine {
 
 impl QueryEngine {
     /// The dialect layer alone: parses under the Rockset dialect, replaces undefined paths
-    /// and applies the rewrites. Returns the statement, the warnings and the CTE names.
-    pub fn dialect(
-        &self,
-        sql: &str,
-        params: &[QueryParameter],
-    ) -> TarnResult<(datafusion::sql::parser::Statement, Vec<String>, Vec<String>)> {
+    /// and applies the rewrites. Returns the statement, the warnings, the CTE names and the
+    /// collection schemas it judged paths by (workspace, name, schema).
+    pub fn dialect(&self, sql: &str, params: &[QueryParameter]) -> TarnResult<Dialected> {
+        let resolved: Mutex<Vec<(String, String, SchemaRef)>> = Mutex::default();
         let resolve = |ws: Option<&str>, name: &str| {
-            self.storage
-                .get_collection(ws.unwrap_or(DEFAULT_WORKSPACE), name)
+            let ws = ws.unwrap_or(DEFAULT_WORKSPACE);
+            let schema = self
+                .storage
+                .get_collection(ws, name)
                 .ok()
-                .map(|(_, c)| c.schema())
+                .map(|(_, c)| c.schema())?;
+            resolved
+                .lock()
+                .push((ws.to_owned(), name.to_owned(), schema.clone()));
+            Some(schema)
         };
-        dialect_layer(sql, params, &resolve)
+        let (statement, warnings, ctes) = dialect_layer(sql, params, &resolve)?;
+        Ok((statement, warnings, ctes, resolved.into_inner()))
     }
 
     /// The physical plan of a query, ready to run: its kept plan bound again when there is
@@ -420,20 +434,7 @@ impl QueryEngine {
         }
         // The collection schemas the dialect layer judged paths by: a plan is kept only if
         // it was planned over the same ones (a write between the two may have grown one).
-        let resolved: Mutex<Vec<(String, String, SchemaRef)>> = Mutex::default();
-        let resolve = |ws: Option<&str>, name: &str| {
-            let ws = ws.unwrap_or(DEFAULT_WORKSPACE);
-            let schema = self
-                .storage
-                .get_collection(ws, name)
-                .ok()
-                .map(|(_, c)| c.schema())?;
-            resolved
-                .lock()
-                .push((ws.to_owned(), name.to_owned(), schema.clone()));
-            Some(schema)
-        };
-        let (statement, warnings, ctes) = dialect_layer(&req.sql, &req.parameters, &resolve)?;
+        let (statement, warnings, ctes, resolved) = self.dialect(&req.sql, &req.parameters)?;
         let named = match &statement {
             DFStatement::Statement(s) => crate::paths::query_columns(s),
             _ => None,
@@ -441,7 +442,6 @@ impl QueryEngine {
         if let Some(named) = named
             && let Some((ready, keep)) = self.plan_to_keep(&statement, named, now, &warnings).await
         {
-            let resolved = resolved.into_inner();
             let same_schemas =
                 crate::table::scan_schemas(&ready.plan)
                     .into_iter()
@@ -533,7 +533,7 @@ impl QueryEngine {
 
     /// The optimized logical plan of `sql`, as it would run.
     pub async fn optimized_plan(&self, sql: &str) -> TarnResult<LogicalPlan> {
-        let (statement, warnings, ctes) = self.dialect(sql, &[])?;
+        let (statement, warnings, ctes, _) = self.dialect(sql, &[])?;
         let (df, _) = self.plan(sql, statement, warnings, ctes).await?;
         df.into_optimized_plan()
             .map_err(|e| query_error(e, sql, &Known::default()))
