@@ -1,7 +1,7 @@
 //! The DataFusion table of a collection: a snapshot of its segments, adapted to one schema.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -157,6 +157,7 @@ impl datafusion::catalog::TableProvider for CollectionTable {
             projection: projection.cloned(),
             filters: filters.to_vec(),
             partitions: state.config().target_partitions().max(1),
+            timeless: OnceLock::new(),
         };
         let now = state
             .execution_props()
@@ -182,6 +183,35 @@ struct ScanSpec {
     /// The session's; a reusable scan always has this many, a one-off one no more than
     /// it has segments.
     partitions: usize,
+    /// The filters planned, when none reads the query's time: the same on every run.
+    timeless: OnceLock<BoundFilters>,
+}
+
+/// A scan's filters planned for evaluating and pruning, at one time.
+#[derive(Debug)]
+struct BoundFilters {
+    row_filter: Option<Arc<RowFilter>>,
+    /// All the filters rule segments out; only the exact ones, which are all the scan
+    /// evaluates, decide that a segment needs no evaluating (the others are DataFusion's
+    /// to apply after the scan either way). `None` when all are exact.
+    pruner: Pruner,
+    exact_pruner: Option<Pruner>,
+}
+
+impl BoundFilters {
+    fn new(filters: Vec<Expr>, schema: &SchemaRef) -> Result<BoundFilters> {
+        // Every filter `supports_filters_pushdown` called exact is applied here.
+        let exact: Vec<Expr> = filters
+            .iter()
+            .filter(|f| RowFilter::applies_to(schema, f))
+            .cloned()
+            .collect();
+        Ok(BoundFilters {
+            row_filter: RowFilter::new(schema, &exact)?.map(Arc::new),
+            pruner: Pruner::new(&filters, schema),
+            exact_pruner: (exact.len() < filters.len()).then(|| Pruner::new(&exact, schema)),
+        })
+    }
 }
 
 impl ScanSpec {
@@ -193,21 +223,27 @@ impl ScanSpec {
             Some(p) => Arc::new(schema.project(p)?),
             None => schema.clone(),
         };
-        let filters = bind_time(&self.filters, now)?;
-        let filters = filters.as_slice();
+        // Filters that do not read the query's time are planned once, for every run.
+        let fresh;
+        let bound = if self.filters.iter().any(reads_query_time) {
+            fresh = BoundFilters::new(bind_time(&self.filters, now)?, &schema)?;
+            &fresh
+        } else {
+            match self.timeless.get() {
+                Some(b) => b,
+                None => {
+                    let b = BoundFilters::new(self.filters.clone(), &schema)?;
+                    self.timeless.get_or_init(|| b)
+                }
+            }
+        };
+        let BoundFilters {
+            row_filter,
+            pruner,
+            exact_pruner,
+        } = bound;
+        let row_filter = row_filter.clone();
         let cutoff = snapshot.retention_cutoff;
-        // Every filter `supports_filters_pushdown` called exact is applied here.
-        let exact: Vec<Expr> = filters
-            .iter()
-            .filter(|f| RowFilter::applies_to(&schema, f))
-            .cloned()
-            .collect();
-        let row_filter = RowFilter::new(&schema, &exact)?;
-        // All the filters rule segments out; only the exact ones, which are all the scan
-        // evaluates, decide that a segment needs no evaluating (the others are
-        // DataFusion's to apply after the scan either way).
-        let pruner = Pruner::new(filters, &schema);
-        let exact_pruner = (exact.len() < filters.len()).then(|| Pruner::new(&exact, &schema));
         let decide = |keep: Keep, exact_keep: Option<Keep>| match (keep, exact_keep) {
             (Keep::None, _) => None,
             (_, Some(Keep::All)) | (Keep::All, None) => Some(true),
@@ -339,6 +375,13 @@ pub fn rebind_scans(
             };
             let mut fresh = spec.plan(&snapshot, now)?;
             fresh.newest_rows_first = scan.newest_rows_first;
+            // A reusable scan's schema and partitions do not change between runs: sharing
+            // the first run's properties lets every operator above keep its own instead of
+            // computing them again (a projection's took a fifth of a rebind).
+            if fresh.partitions.len() == scan.partitions.len() {
+                debug_assert_eq!(fresh.reader.projected, scan.reader.projected);
+                fresh.properties = scan.properties.clone();
+            }
             Ok(Transformed::yes(Arc::new(fresh) as Arc<dyn ExecutionPlan>))
         })?
         .data;
@@ -352,7 +395,7 @@ struct SegmentReader {
     projected: SchemaRef,
     /// Struct columns of which the query reads only some fields.
     subfields: Arc<HashMap<String, Subfields>>,
-    row_filter: Option<RowFilter>,
+    row_filter: Option<Arc<RowFilter>>,
     retention_cutoff: Option<i64>,
 }
 
@@ -443,7 +486,7 @@ impl SegmentReader {
                 None if from == 0 => (rows.order.clone(), total),
                 None => (Some(rows.range(from, total)), total),
                 Some((late, filters)) => {
-                    let to = total.min(from + if from == 0 { FIRST_CHUNK } else { CHUNK });
+                    let to = total.min(from + (from * 4).clamp(FIRST_CHUNK, CHUNK));
                     let chunk = rows.range(from, to);
                     (Some(late.keep(self, &filters, &rows.segment, chunk)?), to)
                 }
@@ -452,6 +495,7 @@ impl SegmentReader {
             if indices.as_ref().is_some_and(|i| i.is_empty()) {
                 continue;
             }
+
             let taken = self.rows_read(&rows.segment, indices.as_ref(), rows.nulls_needed)?;
             let batch = adapt_batch(&taken, &self.projected).map_err(internal)?;
             if batch.num_rows() > 0 {
@@ -557,9 +601,11 @@ impl SegmentRows {
 }
 
 /// Rows handed over in the first chunk of a segment when there are late filters: enough
-/// for a top-n to fill its heap and tighten its filter before the rest are looked at.
-const FIRST_CHUNK: usize = 1_024;
-/// Rows in each later chunk (DataFusion's batch size).
+/// for a dashboard's top-n (`LIMIT 100`) to fill its heap and tighten its filter before
+/// the rest are looked at. Each later chunk is four times the rows handed over so far, so
+/// a filter that stays loose costs few extra chunks.
+const FIRST_CHUNK: usize = 256;
+/// Rows in a chunk at most (DataFusion's batch size).
 const CHUNK: usize = 8_192;
 
 /// Filters that operators above the scan push into it while the query runs (a top-n's
@@ -623,42 +669,79 @@ impl LateFilters {
         segment: &RecordBatch,
         chunk: UInt32Array,
     ) -> Result<UInt32Array> {
-        let mut columns = Vec::with_capacity(self.schema.fields().len());
-        let mut fields = Vec::with_capacity(columns.capacity());
-        for field in self.schema.fields() {
-            if let Some((i, f)) = segment.schema_ref().column_with_name(field.name()) {
-                // Only the fields of a struct the query reads, as the scan copies them.
-                let sub = reader.subfields.get(field.name());
-                columns
-                    .push(narrow::take_fields(segment.column(i), &chunk, sub).map_err(internal)?);
-                fields.push(f.clone());
+        rows_passing(segment, &self.schema, &reader.subfields, chunk, |raw| {
+            let batch = adapt_batch(raw, &self.schema).map_err(internal)?;
+            let mut mask = BooleanArray::from(vec![true; batch.num_rows()]);
+            for filter in filters {
+                let passed = filter.evaluate(&batch)?.into_array(batch.num_rows())?;
+                let passed = passed.as_boolean_opt().cloned().ok_or_else(|| {
+                    DataFusionError::Internal(format!(
+                        "a filter pushed into the scan gave {}, not booleans",
+                        passed.data_type()
+                    ))
+                })?;
+                mask = and(&mask, &passed)?;
             }
-        }
-        let raw = RecordBatch::try_new_with_options(
-            Arc::new(Schema::new(fields)),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(chunk.len())),
-        )?;
-        let batch = adapt_batch(&raw, &self.schema).map_err(internal)?;
-        let mut mask: Option<BooleanArray> = None;
-        for filter in filters {
-            let passed = filter.evaluate(&batch)?.into_array(batch.num_rows())?;
-            let passed = passed.as_boolean_opt().cloned().ok_or_else(|| {
-                DataFusionError::Internal(format!(
-                    "a filter pushed into the scan gave {}, not booleans",
-                    passed.data_type()
-                ))
-            })?;
-            mask = both(mask, passed)?;
-        }
-        Ok(match mask {
-            // A null (unknown) is not a pass: the filter kernel drops it.
-            Some(m) => datafusion::arrow::compute::filter(&chunk, &m)?
-                .as_primitive::<datafusion::arrow::datatypes::UInt32Type>()
-                .clone(),
-            None => chunk,
+            Ok(mask)
         })
     }
+}
+
+/// The rows of `chunk` (indices into `segment`) that `test` passes (a null is not a
+/// pass), in order. `test` is given the segment's columns named in `columns` at those
+/// rows: a slice of the segment from the chunk's lowest row to its highest when they lie
+/// close together, as they do when rows are handed over in order or in reverse (no copy),
+/// else copies of the chunk's rows with only the fields of structs the query reads.
+fn rows_passing(
+    segment: &RecordBatch,
+    columns: &Schema,
+    subfields: &HashMap<String, Subfields>,
+    chunk: UInt32Array,
+    test: impl FnOnce(&RecordBatch) -> Result<BooleanArray>,
+) -> Result<UInt32Array> {
+    let (Some(low), Some(high)) = (
+        datafusion::arrow::compute::min(&chunk),
+        datafusion::arrow::compute::max(&chunk),
+    ) else {
+        return Ok(chunk);
+    };
+    let span = (high - low) as usize + 1;
+    let sliced = span <= 4 * chunk.len();
+    let mut arrays = Vec::with_capacity(columns.fields().len());
+    let mut fields = Vec::with_capacity(arrays.capacity());
+    for field in columns.fields() {
+        if let Some((i, f)) = segment.schema_ref().column_with_name(field.name()) {
+            let sub = subfields.get(field.name());
+            let column = segment.column(i);
+            arrays.push(if sliced {
+                column.slice(low as usize, span)
+            } else {
+                narrow::take_fields(column, &chunk, sub).map_err(internal)?
+            });
+            fields.push(f.clone());
+        }
+    }
+    let rows = if sliced { span } else { chunk.len() };
+    let raw = RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        arrays,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?;
+    let passed = test(&raw)?;
+    Ok(chunk
+        .values()
+        .iter()
+        .enumerate()
+        .filter(|&(position, &row)| {
+            let at = if sliced {
+                (row - low) as usize
+            } else {
+                position
+            };
+            passed.is_valid(at) && passed.value(at)
+        })
+        .map(|(_, &row)| row)
+        .collect())
 }
 
 /// Whether a column of this type is or holds a variant.
@@ -1225,5 +1308,61 @@ mod tests {
         // A column the segment lacks is all NULL: no explicit nulls to keep.
         let absent = reader(vec![Field::new("m", variant, true)]);
         assert!(!absent.nulls_needed(&segment));
+    }
+
+    #[test]
+    fn rows_passing_reads_near_rows_as_a_slice_and_far_ones_as_copies() {
+        use super::*;
+        use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+        use datafusion::arrow::datatypes::Field;
+        let segment = RecordBatch::try_from_iter([
+            (
+                "k",
+                Arc::new(Int64Array::from_iter(
+                    (0..100).map(|k| (k % 7 != 0).then_some(k)),
+                )) as ArrayRef,
+            ),
+            (
+                "s",
+                Arc::new(StringArray::from_iter_values(
+                    (0..100).map(|k| k.to_string()),
+                )),
+            ),
+        ])
+        .unwrap();
+        let columns = Schema::new(vec![Field::new("k", DataType::Int64, true)]);
+        let over_50 = |rows: &[u32]| -> (Vec<u32>, usize) {
+            let mut seen = 0;
+            let passed = rows_passing(
+                &segment,
+                &columns,
+                &HashMap::new(),
+                UInt32Array::from(rows.to_vec()),
+                |raw| {
+                    // Only the columns asked for, however the rows were gathered.
+                    assert_eq!(raw.num_columns(), 1);
+                    seen = raw.num_rows();
+                    Ok(datafusion::arrow::compute::kernels::cmp::gt(
+                        raw.column(0),
+                        &Int64Array::new_scalar(50),
+                    )?)
+                },
+            )
+            .unwrap();
+            (passed.values().to_vec(), seen)
+        };
+        // Newest first, as a descending scan hands rows over, some rows left out by
+        // earlier filters: one slice of rows 40..=59, where rows 42, 49 and 56 are NULL,
+        // which does not pass.
+        let near: Vec<u32> = (40..60).rev().filter(|k| k % 3 != 0).collect();
+        let expected: Vec<u32> = (51..60)
+            .rev()
+            .filter(|k| k % 7 != 0 && k % 3 != 0)
+            .collect();
+        assert_eq!(near.len(), 14);
+        assert_eq!(over_50(&near), (expected, 20));
+        // Four rows spread over the segment: copied, not sliced over 91 rows.
+        assert_eq!(over_50(&[95, 3, 60, 49]), (vec![95, 60], 4));
+        assert_eq!(over_50(&[]), (vec![], 0));
     }
 }

@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// Runs of each query in the scale benchmark, after a first one; their median is reported.
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
+    /// Run only the tutorial queries of these names (for profiling one
+    /// query: `--only "Live Tweets" --runs 5000`); all six when empty.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Column cache budget in MiB for this run (the server's --cache-mb).
     #[arg(long)]
     pub cache_mb: Option<usize>,

@@ -106,6 +106,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let engine = QueryEngine::new(storage.clone());
     let mut tarn_ms: Vec<(&str, f64)> = Vec::new();
     for (name, sql) in tutorial_queries("bench", now_ms) {
+        if !args.only.is_empty() && !args.only.iter().any(|o| name.eq_ignore_ascii_case(o)) {
+            continue;
+        }
         let t = Instant::now();
         let first = engine_query(&engine, &sql).await?;
         let first_ms = t.elapsed().as_secs_f64() * 1e3;
