@@ -14,6 +14,7 @@
 //! restart after a quiet spell, loses none of the messages produced since the collection
 //! began reading: LATEST means "from when the source started", not "from each restart".
 
+use futures::FutureExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -322,7 +323,22 @@ async fn consume(
                     }
                 }
             }
-            Event::Received => {}
+            Event::Received => {
+                // The messages the client already holds join the batch at once, without a
+                // turn of the select (which polls the stages too) for each.
+                while batch.len() < MAX_BATCH {
+                    match consumer.recv().now_or_never() {
+                        Some(Ok(m)) => {
+                            batch.push((m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)))
+                        }
+                        Some(Err(e)) => {
+                            sink.status.error(format!("Kafka topic '{topic}': {e}"));
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
             Event::Failed(e) => {
                 // Broker errors are often transient; librdkafka reconnects by itself.
                 sink.status.error(format!("Kafka topic '{topic}': {e}"));
