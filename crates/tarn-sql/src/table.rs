@@ -190,11 +190,13 @@ struct ScanSpec {
 /// A scan's filters planned for evaluating and pruning, at one time.
 #[derive(Debug)]
 struct BoundFilters {
+    /// The exact filters (those `supports_filters_pushdown` called exact) as one.
     row_filter: Option<Arc<RowFilter>>,
-    /// All the filters rule segments out; only the exact ones, which are all the scan
-    /// evaluates, decide that a segment needs no evaluating (the others are DataFusion's
-    /// to apply after the scan either way). `None` when all are exact.
+    /// All the filters: they rule segments out.
     pruner: Pruner,
+    /// The exact ones, which are all the scan evaluates: they decide that a segment needs
+    /// no evaluating (the others are DataFusion's to apply after the scan either way).
+    /// `None` when all are exact.
     exact_pruner: Option<Pruner>,
 }
 
@@ -495,7 +497,6 @@ impl SegmentReader {
             if indices.as_ref().is_some_and(|i| i.is_empty()) {
                 continue;
             }
-
             let taken = self.rows_read(&rows.segment, indices.as_ref(), rows.nulls_needed)?;
             let batch = adapt_batch(&taken, &self.projected).map_err(internal)?;
             if batch.num_rows() > 0 {
