@@ -14,10 +14,11 @@
 //! restart after a quiet spell, loses none of the messages produced since the collection
 //! began reading: LATEST means "from when the source started", not "from each restart".
 
-use futures::FutureExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::FutureExt;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -294,7 +295,7 @@ async fn consume(
                 if preparing.is_some() => Event::Prepared(done),
             m = consumer.recv(), if batch.len() < MAX_BATCH => match m {
                 Ok(m) => {
-                    batch.push((m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
+                    batch.push(held(&m));
                     Event::Received
                 }
                 Err(e) => Event::Failed(e),
@@ -328,9 +329,7 @@ async fn consume(
                 // turn of the select (which polls the stages too) for each.
                 while batch.len() < MAX_BATCH {
                     match consumer.recv().now_or_never() {
-                        Some(Ok(m)) => {
-                            batch.push((m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)))
-                        }
+                        Some(Ok(m)) => batch.push(held(&m)),
                         Some(Err(e)) => {
                             sink.status.error(format!("Kafka topic '{topic}': {e}"));
                             break;
@@ -377,6 +376,11 @@ async fn consume(
             }
         }
     }
+}
+
+/// A message as the batch holds it: partition, offset and payload.
+fn held(m: &impl Message) -> (i32, i64, Option<Vec<u8>>) {
+    (m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec))
 }
 
 /// A stage's work on a batch; an error ends the consumer.

@@ -24,6 +24,18 @@ const CHUNK: usize = 2_000;
 const DAY_MS: i64 = 86_400_000;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    // Checked before minutes of generating and loading.
+    let names = crate::demo::TUTORIAL_QUERIES.map(|(name, _)| name);
+    if let Some(unknown) = args
+        .only
+        .iter()
+        .find(|o| !names.iter().any(|name| name.eq_ignore_ascii_case(o)))
+    {
+        anyhow::bail!(
+            "--only {unknown:?} names no tutorial query; they are: {}",
+            names.join(", ")
+        );
+    }
     let n = args.scale_docs;
     let ndjson = args.dir.join("tweets.ndjson.zst");
     let data = args.dir.join("data");
