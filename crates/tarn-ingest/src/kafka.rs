@@ -14,11 +14,12 @@
 //! restart after a quiet spell, loses none of the messages produced since the collection
 //! began reading: LATEST means "from when the source started", not "from each restart".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::FutureExt;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -32,6 +33,8 @@ use crate::kinesis::StartPosition;
 use crate::pipeline::{PreparedBatch, RawRecord, SourceSink};
 
 const MAX_BATCH: usize = 5_000;
+/// Batches being prepared or prepared and waiting to be stored, at most.
+const PREPARED_AHEAD: usize = 2;
 /// A source with nothing to read for this long shows as idle.
 const IDLE_AFTER: Duration = Duration::from_millis(500);
 const LAG_EVERY: Duration = Duration::from_secs(2);
@@ -274,25 +277,25 @@ async fn consume(
         stop_lag,
     );
     // Batches flow through two stages: prepared (parsed and built, on every core), then
-    // stored (logged, fsynced, applied: the writer's thread). Batch n+1 is prepared while
-    // batch n is stored, so the cores are not idle during the log's fsync. The next batch
-    // gathers while the stages are busy: a slow stream is stored message by message (low
-    // latency) and a fast one in large batches (few log records), with no fixed window
-    // to wait out. One batch at a time in each stage, stored in the order read, so
-    // positions are stored in order, and a failure ends this consumer before anything
-    // after it is stored.
+    // stored (logged, fsynced, applied: the writer's thread). Batches n+1 and n+2 are
+    // prepared while batch n is stored, so the cores are not idle during the log's fsync
+    // nor at the points where one batch's parallel pieces join. The next batch gathers
+    // while the stages are busy: a slow stream is stored message by message (low latency)
+    // and a fast one in large batches (few log records), with no fixed window to wait out.
+    // Batches leave preparation in the order read and are stored one at a time in that
+    // order, so positions are stored in order, and a failure ends this consumer before
+    // anything after it is stored.
     let mut batch: Vec<(i32, i64, Option<Vec<u8>>)> = Vec::new();
     // The next offset of each partition after every batch handed to the stages.
     let mut handed = positions.lock().clone();
-    let mut preparing: Option<StageFuture<'_, Prepared>> = None;
-    let mut ready: Option<Prepared> = None;
+    let mut preparing: FuturesOrdered<StageFuture<'_, Prepared>> = FuturesOrdered::new();
+    let mut ready: VecDeque<Prepared> = VecDeque::new();
     let mut storing: Option<StageFuture<'_, (usize, Instant)>> = None;
     loop {
         let event = tokio::select! {
             done = async { storing.as_mut().expect("guarded by the condition").await },
                 if storing.is_some() => Event::Stored(done),
-            done = async { preparing.as_mut().expect("guarded by the condition").await },
-                if preparing.is_some() => Event::Prepared(done),
+            Some(done) = preparing.next(), if !preparing.is_empty() => Event::Prepared(done),
             m = consumer.recv(), if batch.len() < MAX_BATCH => match m {
                 Ok(m) => {
                     batch.push(held(&m));
@@ -301,7 +304,7 @@ async fn consume(
                 Err(e) => Event::Failed(e),
             },
             _ = tokio::time::sleep(IDLE_AFTER),
-                if storing.is_none() && preparing.is_none() && batch.is_empty() => Event::Idle,
+                if storing.is_none() && preparing.is_empty() && ready.is_empty() && batch.is_empty() => Event::Idle,
         };
         match event {
             Event::Stored(done) => {
@@ -310,9 +313,8 @@ async fn consume(
                 tracing::debug!(%topic, records, store_ms = started.elapsed().as_secs_f64() * 1e3, "batch stored");
             }
             Event::Prepared(done) => {
-                preparing = None;
                 match done {
-                    Ok(prepared) => ready = Some(prepared),
+                    Ok(prepared) => ready.push_back(prepared),
                     Err(e) => {
                         // What is being stored was read before the failed batch: let it
                         // finish, so the next consumer starts from positions that no write
@@ -346,7 +348,7 @@ async fn consume(
             Event::Idle => sink.status.idle(),
         }
         if storing.is_none()
-            && let Some(prepared) = ready.take()
+            && let Some(prepared) = ready.pop_front()
         {
             let (sink, consumer, topic, positions) = (sink, &consumer, &topic, &positions);
             storing = Some(Box::pin(async move {
@@ -355,7 +357,7 @@ async fn consume(
                 Ok((records, started))
             }));
         }
-        if preparing.is_none() && ready.is_none() && !batch.is_empty() {
+        if preparing.len() + ready.len() < PREPARED_AHEAD && !batch.is_empty() {
             let (records, next) =
                 new_records(topic.as_str(), &mut handed, std::mem::take(&mut batch));
             if !next.is_empty() {
@@ -364,7 +366,7 @@ async fn consume(
                     .map(|(p, o)| (checkpoint_key(&topic, *p), o.to_string()))
                     .collect();
                 let (sink, topic) = (sink, &topic);
-                preparing = Some(Box::pin(async move {
+                preparing.push_back(Box::pin(async move {
                     let batch = sink.prepare(records, checkpoints).await.map_err(|e| {
                         format!(
                             "preparing messages of Kafka topic '{topic}' failed: {}",
