@@ -174,6 +174,20 @@ impl QueryEngine {
         });
         self.kept.get(&key).is_some()
     }
+
+    /// The kept plan of `sql` (without parameters), as EXPLAIN shows it.
+    fn kept_plan_text(&self, sql: &str) -> Option<String> {
+        let key = KeptPlans::key(&QueryRequest {
+            sql: sql.to_owned(),
+            ..Default::default()
+        });
+        let kept = self.kept.get(&key)?;
+        Some(
+            datafusion::physical_plan::displayable(kept.plan.as_ref())
+                .indent(false)
+                .to_string(),
+        )
+    }
 }
 
 /// What the dialect layer makes of a query: the statement, the warnings, the CTE names and
@@ -297,6 +311,15 @@ impl QueryEngine {
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
         // Field names are case-sensitive in JSON, so identifiers are too.
         config.options_mut().sql_parser.enable_ident_normalization = false;
+        // A scan's row count is an estimate (its segments' rows before the filters, an
+        // upper bound); with it, a scan of a few thousand rows is not split among the
+        // cores through a round-robin repartition, whose task and channels cost more than
+        // the work they share (Incoming Tweets: 0.16 -> 0.19 ms once such scans were
+        // planned in one partition).
+        config
+            .options_mut()
+            .execution
+            .use_row_number_estimates_to_optimize_partitioning = true;
         let ctx = SessionContext::new_with_config(config);
         ctx.register_catalog(
             CATALOG,
@@ -973,6 +996,30 @@ mod tests {
         );
         assert!(after.warnings.is_empty(), "{:?}", after.warnings);
         assert!(engine.plan_kept(sql));
+        storage.close();
+    }
+
+    /// A scan of a few segments runs in one partition; its kept plan is planned again, in
+    /// more, once its segments hold far more rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_one_partition_scan_is_planned_again_when_its_rows_grow() {
+        let (_dir, storage, engine) = crate::testing::engine_over(json!({"k": 0})).await;
+        let (_, c) = storage.get_collection("commons", "c").unwrap();
+        let sql = "SELECT count(*) AS n FROM c WHERE k >= 0";
+        assert_eq!(run(&engine, sql).await.results[0]["n"], json!(1));
+        assert_eq!(run(&engine, sql).await.results[0]["n"], json!(1));
+        let plan = engine.kept_plan_text(sql).expect("the plan is kept");
+        assert!(plan.contains("partitions=1,"), "{plan}");
+        let grown = 4 * 65_536 + 1_000;
+        for start in (0..grown).step_by(50_000) {
+            let end = (start + 50_000).min(grown);
+            write(&c, (start..end).map(|k| json!({"k": k + 1})).collect()).await;
+        }
+        assert_eq!(run(&engine, sql).await.results[0]["n"], json!(grown + 1));
+        assert_eq!(run(&engine, sql).await.results[0]["n"], json!(grown + 1));
+        let plan = engine.kept_plan_text(sql).expect("the plan is kept");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(plan.contains("partitions=1,"), cores == 1, "{plan}");
         storage.close();
     }
 }

@@ -8,10 +8,17 @@
 //!
 //! The statistics can also show that every row of a segment passes (a segment wholly
 //! inside a time window): the scan then keeps its rows without evaluating the filters.
+//!
+//! Filters that operators push into a running scan (a top-n's threshold) are physical
+//! expressions that tighten as the query runs: [`LatePruner`] checks each segment against
+//! them just before it is read.
+
+use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
+use datafusion::physical_expr::PhysicalExpr;
 use tarn_storage::SegmentList;
 use tarn_storage::segment::{ColumnStats, SegmentStats};
 use tarn_storage::types::EVENT_TIME;
@@ -68,24 +75,25 @@ enum Bound {
 
 fn literal(e: &Expr) -> Option<Bound> {
     match e {
-        Expr::Literal(v, _) => match v {
-            ScalarValue::Int64(Some(n)) => Some(Bound::Int(*n)),
-            ScalarValue::Int32(Some(n)) => Some(Bound::Int(*n as i64)),
-            ScalarValue::Float64(Some(f)) => Some(Bound::Float(*f)),
-            ScalarValue::Utf8(Some(s))
-            | ScalarValue::Utf8View(Some(s))
-            | ScalarValue::LargeUtf8(Some(s)) => Some(Bound::Str(s.clone())),
-            ScalarValue::TimestampMicrosecond(Some(t), _) => Some(Bound::Int(*t)),
-            ScalarValue::TimestampMillisecond(Some(t), _) => {
-                Some(Bound::Int(t.saturating_mul(1_000)))
-            }
-            ScalarValue::TimestampSecond(Some(t), _) => {
-                Some(Bound::Int(t.saturating_mul(1_000_000)))
-            }
-            ScalarValue::TimestampNanosecond(Some(t), _) => Some(Bound::Int(t / 1_000)),
-            _ => None,
-        },
+        Expr::Literal(v, _) => scalar_bound(v),
         Expr::Cast(c) => literal(&c.expr),
+        _ => None,
+    }
+}
+
+/// A scalar as a comparable bound.
+fn scalar_bound(v: &ScalarValue) -> Option<Bound> {
+    match v {
+        ScalarValue::Int64(Some(n)) => Some(Bound::Int(*n)),
+        ScalarValue::Int32(Some(n)) => Some(Bound::Int(*n as i64)),
+        ScalarValue::Float64(Some(f)) => Some(Bound::Float(*f)),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => Some(Bound::Str(s.clone())),
+        ScalarValue::TimestampMicrosecond(Some(t), _) => Some(Bound::Int(*t)),
+        ScalarValue::TimestampMillisecond(Some(t), _) => Some(Bound::Int(t.saturating_mul(1_000))),
+        ScalarValue::TimestampSecond(Some(t), _) => Some(Bound::Int(t.saturating_mul(1_000_000))),
+        ScalarValue::TimestampNanosecond(Some(t), _) => Some(Bound::Int(t / 1_000)),
         _ => None,
     }
 }
@@ -144,6 +152,11 @@ enum Condition {
         /// column of the type its statistics describe, compared as that type.
         whole: bool,
     },
+    /// `operand IS NULL`, or `IS NOT NULL` when `negated`.
+    IsNull {
+        operand: usize,
+        negated: bool,
+    },
     /// Cannot be told from statistics.
     Unknown,
 }
@@ -174,6 +187,82 @@ impl Pruner {
         pruner
     }
 
+    /// Compiles filters that operators push into a running scan (a top-n's threshold, in
+    /// its present form): comparisons of a column with a literal, `IS [NOT] NULL`, `AND`,
+    /// `OR`. They only rule segments out: no segment is [`Keep::All`] by them.
+    pub fn from_physical(filters: &[Arc<dyn PhysicalExpr>]) -> Pruner {
+        let mut pruner = Pruner {
+            conditions: Vec::new(),
+            operands: Vec::new(),
+            unknown: true,
+        };
+        for f in filters {
+            let c = pruner.compile_physical(f.as_ref());
+            if !matches!(c, Condition::Unknown) {
+                pruner.conditions.push(c);
+            }
+        }
+        pruner
+    }
+
+    fn compile_physical(&mut self, filter: &dyn PhysicalExpr) -> Condition {
+        use datafusion::physical_expr::expressions as px;
+        let column = |e: &Arc<dyn PhysicalExpr>| {
+            e.downcast_ref::<px::Column>().map(|c| Operand {
+                path: c.name().to_owned(),
+                int_cast: false,
+                narrow: false,
+            })
+        };
+        let bound = |e: &Arc<dyn PhysicalExpr>| {
+            e.downcast_ref::<px::Literal>()
+                .and_then(|l| scalar_bound(l.value()))
+        };
+        if let Some(b) = filter.downcast_ref::<px::BinaryExpr>() {
+            let (left, op, right) = (b.left(), *b.op(), b.right());
+            return match op {
+                Operator::And => Condition::And(
+                    Box::new(self.compile_physical(left.as_ref())),
+                    Box::new(self.compile_physical(right.as_ref())),
+                ),
+                Operator::Or => Condition::Or(
+                    Box::new(self.compile_physical(left.as_ref())),
+                    Box::new(self.compile_physical(right.as_ref())),
+                ),
+                _ => {
+                    let (operand, op, bound) = match (column(left), bound(right)) {
+                        (Some(o), Some(b)) => (o, op, b),
+                        _ => match (bound(left), column(right), flip(op)) {
+                            (Some(b), Some(o), Some(op)) => (o, op, b),
+                            _ => return Condition::Unknown,
+                        },
+                    };
+                    Condition::Compare {
+                        operand: self.operand_index(operand),
+                        op,
+                        bound,
+                        whole: false,
+                    }
+                }
+            };
+        }
+        let null_test = match (
+            filter.downcast_ref::<px::IsNullExpr>(),
+            filter.downcast_ref::<px::IsNotNullExpr>(),
+        ) {
+            (Some(e), _) => Some((e.arg(), false)),
+            (_, Some(e)) => Some((e.arg(), true)),
+            _ => None,
+        };
+        match null_test.and_then(|(arg, negated)| Some((column(arg)?, negated))) {
+            Some((operand, negated)) => Condition::IsNull {
+                operand: self.operand_index(operand),
+                negated,
+            },
+            None => Condition::Unknown,
+        }
+    }
+
     /// Whether any row of a segment with these statistics may pass every filter.
     pub fn may_match(&self, stats: &SegmentStats) -> bool {
         self.keep(stats) != Keep::None
@@ -185,30 +274,100 @@ impl Pruner {
     }
 
     /// What the statistics tell of each segment of `list`, in order. Reads each operand's
-    /// statistics from the list's side-by-side copy, not from the segments.
+    /// statistics from the list's side-by-side copy, not from the segments, one condition
+    /// at a time over all segments: a comparison with an integer (a time window) over the
+    /// list's flat integer ranges.
     pub fn keep_each(&self, list: &SegmentList) -> Vec<Keep> {
-        let columns: Vec<Option<std::sync::Arc<[Option<ColumnStats>]>>> = self
+        let columns: Vec<Option<Arc<[Option<ColumnStats>]>>> = self
             .operands
             .iter()
             .map(|o| (!is_event_time(o)).then(|| list.column_stats(&o.path)))
             .collect();
-        (0..list.entries.len())
-            .map(|segment| {
-                self.decide(|i| {
-                    let op = &self.operands[i];
-                    match &columns[i] {
-                        None => {
-                            let (min, max) = list.event_times[segment];
-                            Some(Known {
-                                range: Range::Int(min, max),
-                                nulls: 0,
-                            })
+        let mut keep = vec![Keep::All; list.entries.len()];
+        for c in &self.conditions {
+            let each = self.condition_each(c, list, &columns);
+            for (k, e) in keep.iter_mut().zip(each) {
+                *k = k.and(e);
+            }
+        }
+        if self.unknown {
+            for k in keep.iter_mut().filter(|k| **k == Keep::All) {
+                *k = Keep::Some;
+            }
+        }
+        keep
+    }
+
+    fn condition_each(
+        &self,
+        c: &Condition,
+        list: &SegmentList,
+        columns: &[Option<Arc<[Option<ColumnStats>]>>],
+    ) -> Vec<Keep> {
+        let zip = |a: Vec<Keep>, b: Vec<Keep>, f: fn(Keep, Keep) -> Keep| {
+            a.into_iter().zip(b).map(|(a, b)| f(a, b)).collect()
+        };
+        match c {
+            Condition::And(a, b) => zip(
+                self.condition_each(a, list, columns),
+                self.condition_each(b, list, columns),
+                Keep::and,
+            ),
+            Condition::Or(a, b) => zip(
+                self.condition_each(a, list, columns),
+                self.condition_each(b, list, columns),
+                Keep::or,
+            ),
+            Condition::Compare {
+                operand,
+                op,
+                bound: bound @ Bound::Int(_),
+                whole,
+            } => {
+                let int = |min, max, nulls| {
+                    compare(
+                        Known {
+                            range: Range::Int(min, max),
+                            nulls,
+                        },
+                        *op,
+                        bound,
+                        *whole,
+                    )
+                };
+                let o = &self.operands[*operand];
+                if is_event_time(o) {
+                    list.event_times
+                        .iter()
+                        .map(|&(min, max)| int(min, max, 0))
+                        .collect()
+                } else {
+                    // A segment without an integer range (no statistics, floats, strings
+                    // that are not all integers) does not compare with an integer.
+                    list.int_ranges(&o.path, o.int_cast)
+                        .iter()
+                        .map(|r| r.map_or(Keep::Some, |r| int(r.min, r.max, r.nulls)))
+                        .collect()
+                }
+            }
+            _ => (0..list.entries.len())
+                .map(|segment| {
+                    c.keep(&|i| {
+                        let op = &self.operands[i];
+                        match &columns[i] {
+                            None => {
+                                let (min, max) = list.event_times[segment];
+                                Some(Known {
+                                    range: Range::Int(min, max),
+                                    nulls: 0,
+                                })
+                            }
+                            Some(stats) => column_known(stats[segment].as_ref()?, op),
                         }
-                        Some(stats) => column_known(stats[segment].as_ref()?, op),
-                    }
+                    })
                 })
-            })
-            .collect()
+                .collect(),
+        }
     }
 
     fn decide<'a>(&self, known: impl Fn(usize) -> Option<Known<'a>>) -> Keep {
@@ -336,6 +495,12 @@ impl Condition {
                 Some(k) => compare(k, *op, bound, *whole),
                 None => Keep::Some,
             },
+            // A count of 0 rules a segment out; one with values for the column has a
+            // row that is not null.
+            Condition::IsNull { operand, negated } => match known(*operand) {
+                Some(k) if !negated && k.nulls == 0 => Keep::None,
+                _ => Keep::Some,
+            },
             Condition::Unknown => Keep::Some,
         }
     }
@@ -446,6 +611,39 @@ fn flip(op: Operator) -> Option<Operator> {
         Operator::GtEq => Operator::LtEq,
         _ => return None,
     })
+}
+
+/// Rules segments out by filters that tighten while a query runs: a top-n's threshold
+/// pushed into the scan (`timestamp_ms > '1796256353957'` once its heap is full). A
+/// dashboard's `ORDER BY timestamp_ms DESC LIMIT 100` then reads the newest segment, and
+/// every older one whose newest value is below the threshold is not read at all.
+///
+/// The filters are compiled ([`Pruner::from_physical`]) again only when one changed; what
+/// cannot be told from statistics rules nothing out: these filters are a help, and the
+/// operators that made them still apply them.
+#[derive(Default)]
+pub struct LatePruner {
+    compiled: Option<(Vec<Arc<dyn PhysicalExpr>>, Pruner)>,
+}
+
+impl LatePruner {
+    /// Whether no row of a segment with `stats` can pass all of `filters` (their present
+    /// form).
+    pub fn rules_out(&mut self, filters: &[Arc<dyn PhysicalExpr>], stats: &SegmentStats) -> bool {
+        let same = self.compiled.as_ref().is_some_and(|(was, _)| {
+            was.len() == filters.len()
+                && was
+                    .iter()
+                    .zip(filters)
+                    .all(|(a, b)| a.as_ref() == b.as_ref())
+        });
+        if !same {
+            self.compiled = Some((filters.to_vec(), Pruner::from_physical(filters)));
+        }
+        self.compiled
+            .as_ref()
+            .is_some_and(|(_, pruner)| pruner.keep(stats) == Keep::None)
+    }
 }
 
 /// Whether any row of a segment with these statistics may satisfy `filter`.
@@ -652,5 +850,95 @@ mod tests {
             none.keep_each(&list),
             vec![Keep::None, Keep::None, Keep::Some]
         );
+        // Other shapes, judged the same way alone and over the list.
+        let et = |v: i64| {
+            Expr::Literal(
+                ScalarValue::TimestampMicrosecond(Some(v), Some("UTC".into())),
+                None,
+            )
+        };
+        for filters in [
+            vec![col("n").gt(lit(5i64)).or(col("ts").lt(lit("15")))],
+            vec![col("n").between(lit(2i64), lit(6i64))],
+            vec![cast(col("ts"), DataType::Int64).lt_eq(lit(30i64))],
+            vec![col("ts").gt_eq(lit("30")), col("n").lt(lit(8i64))],
+            vec![col("_event_time").gt(et(0))],
+            vec![col("n").gt(lit(1.5f64))],
+        ] {
+            let pruner = Pruner::new(&filters, &schema);
+            let alone: Vec<Keep> = list
+                .entries
+                .iter()
+                .map(|e| pruner.keep(&e.segment.stats))
+                .collect();
+            assert_eq!(pruner.keep_each(&list), alone, "{filters:?}");
+        }
+    }
+
+    #[test]
+    fn a_top_n_threshold_rules_out_segments_whose_values_all_fall_below_it() {
+        use datafusion::logical_expr::Operator;
+        use datafusion::physical_expr::expressions::Column as ColumnExpr;
+        use datafusion::physical_expr::expressions::{
+            BinaryExpr, IsNotNullExpr, IsNullExpr, Literal,
+        };
+        let column =
+            |name: &str, i: usize| Arc::new(ColumnExpr::new(name, i)) as Arc<dyn PhysicalExpr>;
+        let above = |c: Arc<dyn PhysicalExpr>, v: ScalarValue| {
+            Arc::new(BinaryExpr::new(c, Operator::Gt, Arc::new(Literal::new(v))))
+                as Arc<dyn PhysicalExpr>
+        };
+        let ts_above = |v: &str| above(column("ts", 0), ScalarValue::Utf8(Some(v.into())));
+        // A DESC NULLS FIRST top-n's form: nulls still beat the threshold.
+        let nulls_or = |f: Arc<dyn PhysicalExpr>| {
+            Arc::new(BinaryExpr::new(
+                Arc::new(IsNullExpr::new(column("ts", 0))),
+                Operator::Or,
+                f,
+            )) as Arc<dyn PhysicalExpr>
+        };
+        let mut pruner = LatePruner::default();
+        let s = stats();
+        // The segment's strings run from "1000" to "2000".
+        assert!(pruner.rules_out(&[ts_above("2000")], &s));
+        assert!(!pruner.rules_out(&[ts_above("1999")], &s));
+        assert!(pruner.rules_out(&[nulls_or(ts_above("2000"))], &s));
+        // Nulls pass that form: a segment with one is read.
+        let mut with_null = stats();
+        *with_null.columns.get_mut("ts").unwrap().nulls_mut() = 1;
+        assert!(!pruner.rules_out(&[nulls_or(ts_above("2000"))], &with_null));
+        // A count that may be short is not trusted to be 0.
+        let short = SegmentStats {
+            nulls_counted: false,
+            ..stats()
+        };
+        assert!(!pruner.rules_out(&[nulls_or(ts_above("2000"))], &short));
+        // Without statistics for the column nothing is ruled out.
+        let mut none = stats();
+        none.columns.remove("ts");
+        assert!(!pruner.rules_out(&[ts_above("2000")], &none));
+        // NULLS LAST's form, and a literal on the left.
+        let not_null_and = |f: Arc<dyn PhysicalExpr>| {
+            Arc::new(BinaryExpr::new(
+                Arc::new(IsNotNullExpr::new(column("ts", 0))),
+                Operator::And,
+                f,
+            )) as Arc<dyn PhysicalExpr>
+        };
+        assert!(pruner.rules_out(&[not_null_and(ts_above("2000"))], &with_null));
+        let below = Arc::new(BinaryExpr::new(
+            Arc::new(Literal::new(ScalarValue::Utf8(Some("1000".into())))),
+            Operator::Gt,
+            column("ts", 0),
+        )) as Arc<dyn PhysicalExpr>;
+        assert!(pruner.rules_out(&[below], &s));
+        // _event_time from the segment's range; every filter must be able to pass.
+        let et = |v: i64| ScalarValue::TimestampMicrosecond(Some(v), Some("UTC".into()));
+        assert!(pruner.rules_out(&[above(column(EVENT_TIME, 1), et(200))], &s));
+        assert!(!pruner.rules_out(&[above(column(EVENT_TIME, 1), et(199))], &s));
+        assert!(pruner.rules_out(
+            &[above(column(EVENT_TIME, 1), et(199)), ts_above("2000")],
+            &s
+        ));
     }
 }

@@ -35,6 +35,9 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter_pushdown::{
     ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation, PushedDown,
 };
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
@@ -43,9 +46,10 @@ use datafusion::physical_plan::{
 use tarn_storage::adapt::adapt_batch;
 use tarn_storage::layout::Subfields;
 use tarn_storage::narrow;
+use tarn_storage::segment::SegmentStats;
 use tarn_storage::{SegmentEntry, Snapshot};
 
-use crate::prune::{Keep, Pruner};
+use crate::prune::{Keep, LatePruner, Pruner};
 
 /// A collection as DataFusion sees it during one query.
 ///
@@ -148,7 +152,7 @@ impl datafusion::catalog::TableProvider for CollectionTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let spec = ScanSpec {
+        let mut spec = ScanSpec {
             workspace: self.workspace.clone(),
             name: self.name.clone(),
             planned_schema: self.reusable_for.clone(),
@@ -163,8 +167,29 @@ impl datafusion::catalog::TableProvider for CollectionTable {
             .execution_props()
             .query_execution_start_time
             .unwrap_or_else(Utc::now);
-        Ok(Arc::new(Arc::new(spec).plan(&self.snapshot, now)?))
+        let (reader, chosen) = spec.choose(&self.snapshot, now)?;
+        if rows_of(&chosen) <= ONE_PARTITION_ROWS {
+            spec.partitions = 1;
+        }
+        Ok(Arc::new(Arc::new(spec).deal(reader, chosen)))
     }
+}
+
+/// Rows a scan reads in one partition at most. A few segments (a dashboard's time window)
+/// take one core well under a millisecond: a second partition only adds a merge above it
+/// and a task on another thread to wake (a fifth of Live Tweets' time), and for a top-n
+/// it reads the second newest segment before the newest has set a threshold that would
+/// rule it out ([`LatePruner`]).
+const ONE_PARTITION_ROWS: u64 = 65_536;
+
+/// Rows past which a kept plan of a one-partition scan is planned again, with more
+/// partitions: well above [`ONE_PARTITION_ROWS`], so that a window hovering around it does
+/// not have its plan made again and again.
+const REPLAN_ONE_PARTITION_ROWS: u64 = 4 * ONE_PARTITION_ROWS;
+
+/// Rows in the segments chosen for a scan, before its filters.
+fn rows_of(chosen: &[(SegmentEntry, bool)]) -> u64 {
+    chosen.iter().map(|(e, _)| e.live_rows()).sum()
 }
 
 /// A scan as the query planned it, before it is bound to a snapshot and a time.
@@ -217,9 +242,15 @@ impl BoundFilters {
 }
 
 impl ScanSpec {
-    /// The scan of `snapshot`'s segments (its schema aside: the spec's is the one
-    /// planned), with the filters' `now()` at `now`.
-    fn plan(self: &Arc<Self>, snapshot: &Snapshot, now: DateTime<Utc>) -> Result<SegmentsExec> {
+    /// The reader of `snapshot`'s segments (its schema aside: the spec's is the one
+    /// planned), with the filters' `now()` at `now`, and the segments it reads: each that
+    /// may hold rows that pass, and whether every row passes the exact filters.
+    #[allow(clippy::type_complexity)]
+    fn choose(
+        &self,
+        snapshot: &Snapshot,
+        now: DateTime<Utc>,
+    ) -> Result<(SegmentReader, Vec<(SegmentEntry, bool)>)> {
         let schema = self.schema.clone();
         let projected: SchemaRef = match &self.projection {
             Some(p) => Arc::new(schema.project(p)?),
@@ -284,6 +315,15 @@ impl ScanSpec {
             row_filter,
             retention_cutoff: cutoff,
         };
+        Ok((reader, chosen))
+    }
+
+    /// The scan of the `chosen` segments with `reader`, dealt out among its partitions.
+    fn deal(
+        self: &Arc<Self>,
+        reader: SegmentReader,
+        chosen: Vec<(SegmentEntry, bool)>,
+    ) -> SegmentsExec {
         // Newest segments first (runs of the mutable segment, then sealed ones from the
         // last): dashboards ask for the latest rows (`ORDER BY timestamp DESC LIMIT n`), and
         // DataFusion's top-n then fills its heap from the newest segment and turns older
@@ -296,7 +336,7 @@ impl ScanSpec {
         for (i, task) in chosen.into_iter().rev().enumerate() {
             partitions[i % n].push(task);
         }
-        Ok(SegmentsExec::new(reader, partitions, self.clone()))
+        SegmentsExec::new(Arc::new(reader), partitions, self.clone())
     }
 }
 
@@ -349,7 +389,9 @@ pub fn scan_schemas(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, String, Schem
 /// A kept plan made ready to run again: each scan bound to its collection's present
 /// snapshot and to `now`, every other operator reset (a top-n's threshold, a repartition's
 /// channels), as on its first run. `None` when a scan's collection is gone or its schema
-/// changed, or the plan holds a scan not planned as reusable: it must be planned again.
+/// changed, a scan planned as one partition now reads far more rows
+/// ([`REPLAN_ONE_PARTITION_ROWS`]), or the plan holds a scan not planned as reusable: it
+/// must be planned again.
 pub fn rebind_scans(
     plan: Arc<dyn ExecutionPlan>,
     storage: &tarn_storage::Storage,
@@ -375,7 +417,12 @@ pub fn rebind_scans(
                 stale = true;
                 return Ok(Transformed::no(node));
             };
-            let mut fresh = spec.plan(&snapshot, now)?;
+            let (reader, chosen) = spec.choose(&snapshot, now)?;
+            if spec.partitions == 1 && rows_of(&chosen) > REPLAN_ONE_PARTITION_ROWS {
+                stale = true;
+                return Ok(Transformed::no(node));
+            }
+            let mut fresh = spec.deal(reader, chosen);
             fresh.newest_rows_first = scan.newest_rows_first;
             // A reusable scan's schema and partitions do not change between runs: sharing
             // the first run's properties lets every operator above keep its own instead of
@@ -661,6 +708,14 @@ impl LateFilters {
         Ok((!active.is_empty()).then_some(active))
     }
 
+    /// Whether, as the filters stand now, no row of a segment with `stats` can pass them.
+    fn rule_out(&self, pruner: &mut LatePruner, stats: &SegmentStats) -> Result<bool> {
+        Ok(match self.active()? {
+            Some(active) => pruner.rules_out(&active, stats),
+            None => false,
+        })
+    }
+
     /// The rows of `chunk` (indices into `segment`) that pass every one of `filters` (these
     /// filters, or their present form), in order.
     fn keep(
@@ -672,7 +727,7 @@ impl LateFilters {
     ) -> Result<UInt32Array> {
         rows_passing(segment, &self.schema, &reader.subfields, chunk, |raw| {
             let batch = adapt_batch(raw, &self.schema).map_err(internal)?;
-            let mut mask = BooleanArray::from(vec![true; batch.num_rows()]);
+            let mut mask: Option<BooleanArray> = None;
             for filter in filters {
                 let passed = filter.evaluate(&batch)?.into_array(batch.num_rows())?;
                 let passed = passed.as_boolean_opt().cloned().ok_or_else(|| {
@@ -681,9 +736,9 @@ impl LateFilters {
                         passed.data_type()
                     ))
                 })?;
-                mask = and(&mask, &passed)?;
+                mask = both(mask, passed)?;
             }
-            Ok(mask)
+            Ok(mask.unwrap_or_else(|| BooleanArray::from(vec![true; batch.num_rows()])))
         })
     }
 }
@@ -729,17 +784,28 @@ fn rows_passing(
         &RecordBatchOptions::new().with_row_count(Some(rows)),
     )?;
     let passed = test(&raw)?;
+    let passed = if passed.null_count() > 0 {
+        prep_null_mask_filter(&passed)
+    } else {
+        passed
+    };
+    // Once a top-n's heap is full, most chunks of a segment pass no row, or all of them.
+    match passed.true_count() {
+        0 => return Ok(UInt32Array::from(Vec::<u32>::new())),
+        n if n == passed.len() && !sliced => return Ok(chunk),
+        _ => {}
+    }
+    let passed = passed.values();
     Ok(chunk
         .values()
         .iter()
         .enumerate()
         .filter(|&(position, &row)| {
-            let at = if sliced {
+            passed.value(if sliced {
                 (row - low) as usize
             } else {
                 position
-            };
-            passed.is_valid(at) && passed.value(at)
+            })
         })
         .map(|(_, &row)| row)
         .collect())
@@ -774,11 +840,13 @@ struct SegmentsExec {
     /// Per partition, then for all of them.
     partition_stats: Vec<Arc<Statistics>>,
     total: Arc<Statistics>,
+    /// Segments read and segments the late filters ruled out, per partition.
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl SegmentsExec {
     fn new(
-        reader: SegmentReader,
+        reader: Arc<SegmentReader>,
         partitions: Vec<Vec<(SegmentEntry, bool)>>,
         spec: Arc<ScanSpec>,
     ) -> Self {
@@ -823,12 +891,13 @@ impl SegmentsExec {
         SegmentsExec {
             total: counted(total),
             partition_stats: per_partition.into_iter().map(counted).collect(),
-            reader: Arc::new(reader),
+            reader,
             partitions,
             newest_rows_first: false,
             late: None,
             spec,
             properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 }
@@ -917,6 +986,9 @@ impl ExecutionPlan for SegmentsExec {
             newest_first: self.newest_rows_first,
             tasks: tasks.into_iter(),
             current: None,
+            pruner: LatePruner::default(),
+            read: MetricBuilder::new(&self.metrics).counter("segments_read", partition),
+            ruled_out: MetricBuilder::new(&self.metrics).counter("segments_ruled_out", partition),
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.reader.projected.clone(),
@@ -946,10 +1018,11 @@ impl ExecutionPlan for SegmentsExec {
             && self.late.is_none()
             && let Some(late) = LateFilters::new(&self.reader.projected, &filters)
         {
-            propagation = propagation.with_updated_node(Arc::new(SegmentsExec {
+            let scan = SegmentsExec {
                 late: Some(Arc::new(late)),
                 ..self.clone()
-            }) as Arc<dyn ExecutionPlan>);
+            };
+            propagation = propagation.with_updated_node(Arc::new(scan) as Arc<dyn ExecutionPlan>);
         }
         Ok(propagation)
     }
@@ -966,15 +1039,20 @@ impl ExecutionPlan for SegmentsExec {
     ) -> Result<SortOrderPushdownResult<Arc<dyn ExecutionPlan>>> {
         Ok(match order.first() {
             Some(first) if first.options.descending && !self.newest_rows_first => {
+                let scan = SegmentsExec {
+                    newest_rows_first: true,
+                    ..self.clone()
+                };
                 SortOrderPushdownResult::Inexact {
-                    inner: Arc::new(SegmentsExec {
-                        newest_rows_first: true,
-                        ..self.clone()
-                    }),
+                    inner: Arc::new(scan),
                 }
             }
             _ => SortOrderPushdownResult::Unsupported,
         })
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     fn partition_statistics(&self, partition: Option<usize>) -> Result<Arc<Statistics>> {
@@ -990,13 +1068,17 @@ impl ExecutionPlan for SegmentsExec {
 }
 
 /// One partition's batches: its segments read one at a time as the stream reaches them,
-/// each handed over in one batch, or in chunks when there are late filters.
+/// each handed over in one batch, or in chunks when there are late filters, which may
+/// also rule a segment out before it is read.
 struct SegmentBatches {
     reader: Arc<SegmentReader>,
     late: Option<Arc<LateFilters>>,
     newest_first: bool,
     tasks: std::vec::IntoIter<(SegmentEntry, bool)>,
     current: Option<SegmentRows>,
+    pruner: LatePruner,
+    read: Count,
+    ruled_out: Count,
 }
 
 impl Iterator for SegmentBatches {
@@ -1015,6 +1097,17 @@ impl Iterator for SegmentBatches {
                 }
             }
             let (entry, whole) = self.tasks.next()?;
+            if let Some(late) = &self.late {
+                match late.rule_out(&mut self.pruner, &entry.segment.stats) {
+                    Ok(true) => {
+                        self.ruled_out.add(1);
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            self.read.add(1);
             match self.reader.read(&entry, whole, self.newest_first) {
                 Ok(rows) => self.current = rows,
                 Err(e) => return Some(Err(e)),
@@ -1271,6 +1364,65 @@ mod tests {
                 full[..n].to_vec(),
                 "{limited}"
             );
+        }
+        storage.close();
+    }
+
+    /// A top-n over a small scan reads its segments newest first in one partition, and the
+    /// threshold the newest sets rules the older ones out by their statistics, unread; on
+    /// the kept plan's runs too. Keys missing in an older segment (nulls sort first when
+    /// descending) keep it in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_top_n_threshold_rules_out_older_segments_before_they_are_read() {
+        let (_dir, storage, engine) = crate::testing::engine_over(json!({"k": 0})).await;
+        let (_, c) = storage.get_collection("commons", "c").unwrap();
+        // The oldest segment holds one document without k.
+        write_sealed_rounds(&c, 3, 1_000, |i| {
+            if i == 7 {
+                json!({"other": i})
+            } else {
+                json!({"k": i})
+            }
+        })
+        .await;
+        let query = |sql: String| {
+            let engine = engine.clone();
+            async move {
+                engine
+                    .query(&crate::QueryRequest {
+                        sql,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .results
+            }
+        };
+        let keys = |rows: &[serde_json::Map<String, serde_json::Value>]| {
+            rows.iter()
+                .map(|r| r.get("k").and_then(|k| k.as_i64()))
+                .collect::<Vec<_>>()
+        };
+        // Twice: planned, then the kept plan bound again.
+        for _ in 0..2 {
+            let top = "SELECT k FROM c ORDER BY k DESC NULLS LAST LIMIT 5";
+            let expected: Vec<_> = (2996..=3000).rev().map(Some).collect();
+            assert_eq!(keys(&query(top.into()).await), expected);
+            let analyzed =
+                serde_json::to_string(&query(format!("EXPLAIN ANALYZE {top}")).await).unwrap();
+            // The mutable segment's rows are read; the two sealed segments are not.
+            assert!(analyzed.contains("segments_read=1,"), "{analyzed}");
+            assert!(analyzed.contains("segments_ruled_out=2"), "{analyzed}");
+
+            // Nulls first: the oldest segment's missing key beats any threshold.
+            let top = "SELECT k FROM c ORDER BY k DESC LIMIT 5";
+            let mut expected: Vec<_> = (2997..=3000).rev().map(Some).collect();
+            expected.insert(0, None);
+            assert_eq!(keys(&query(top.into()).await), expected);
+            let analyzed =
+                serde_json::to_string(&query(format!("EXPLAIN ANALYZE {top}")).await).unwrap();
+            assert!(analyzed.contains("segments_read=2,"), "{analyzed}");
+            assert!(analyzed.contains("segments_ruled_out=1"), "{analyzed}");
         }
         storage.close();
     }

@@ -137,6 +137,22 @@ pub struct SegmentList {
     pub live_rows: Vec<u64>,
     /// One path's statistics in each entry, gathered the first time a query filters on it.
     column_stats: Mutex<HashMap<String, Arc<[Option<ColumnStats>]>>>,
+    /// One path's integer ranges in each entry, likewise; by path and whether strings
+    /// count by their integer range.
+    int_ranges: Mutex<IntRangesByPath>,
+}
+
+/// Each segment's integer range of a path, by the path and whether strings count.
+type IntRangesByPath = HashMap<(String, bool), Arc<[Option<IntRange>]>>;
+
+/// A column's integer range in one segment and its rows without a value: what pruning
+/// compares with an integer, laid out flat so that a time window checks a day's segments
+/// in a tight loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntRange {
+    pub min: i64,
+    pub max: i64,
+    pub nulls: u64,
 }
 
 impl SegmentList {
@@ -154,7 +170,42 @@ impl SegmentList {
             live_rows: entries.iter().map(SegmentEntry::live_rows).collect(),
             entries,
             column_stats: Mutex::default(),
+            int_ranges: Mutex::default(),
         }
+    }
+
+    /// The integer range of column `path` in each entry: of an integer column, or of a
+    /// string column whose every value is an integer when `from_strings` (the range
+    /// `CAST(path AS BIGINT)` takes); `None` where a segment has no such range.
+    pub fn int_ranges(&self, path: &str, from_strings: bool) -> Arc<[Option<IntRange>]> {
+        let key = (path.to_owned(), from_strings);
+        if let Some(found) = self.int_ranges.lock().get(&key) {
+            return found.clone();
+        }
+        let gathered: Arc<[Option<IntRange>]> = self
+            .column_stats(path)
+            .iter()
+            .map(|stats| match stats.as_ref()? {
+                ColumnStats::Int { min, max, nulls } => Some(IntRange {
+                    min: *min,
+                    max: *max,
+                    nulls: *nulls,
+                }),
+                ColumnStats::Str {
+                    int_min: Some(min),
+                    int_max: Some(max),
+                    nulls,
+                    ..
+                } if from_strings => Some(IntRange {
+                    min: *min,
+                    max: *max,
+                    nulls: *nulls,
+                }),
+                _ => None,
+            })
+            .collect();
+        self.int_ranges.lock().insert(key, gathered.clone());
+        gathered
     }
 
     /// The statistics of column `path` in each entry (`None` where a segment has none).

@@ -43,8 +43,11 @@ pub fn batch_to_json_rows(batch: &RecordBatch) -> Vec<Map<String, Value>> {
             if field.name() == NULLS {
                 continue;
             }
-            path.clear();
-            push_pointer_segment(&mut path, field.name());
+            // The pointer is only looked up in the document's explicit nulls.
+            if null_paths.is_some() {
+                path.clear();
+                push_pointer_segment(&mut path, field.name());
+            }
             match value_at(col, row, &mut path, null_paths.as_ref()) {
                 Some(v) => {
                     obj.insert(field.name().clone(), v);
@@ -64,7 +67,8 @@ pub fn batch_to_json_rows(batch: &RecordBatch) -> Vec<Map<String, Value>> {
 }
 
 /// The JSON value at `row`, or None when it is null. `path` is the JSON pointer of the value
-/// inside its document, used to restore explicit nulls in nested objects.
+/// inside its document, used to restore explicit nulls in nested objects (kept only when
+/// there are `nulls`).
 pub fn value_at(
     arr: &ArrayRef,
     row: usize,
@@ -121,7 +125,9 @@ pub fn value_at(
             let mut obj = Map::with_capacity(fields.len());
             for (f, child) in fields.iter().zip(s.columns()) {
                 let len = path.len();
-                push_pointer_segment(path, f.name());
+                if nulls.is_some() {
+                    push_pointer_segment(path, f.name());
+                }
                 match value_at(child, row, path, nulls) {
                     Some(v) => {
                         obj.insert(f.name().clone(), v);
@@ -204,8 +210,10 @@ fn list_values(
     let mut out = Vec::with_capacity(range.len());
     for i in range {
         let len = path.len();
-        path.push('/');
-        path.push_str(&(i - start).to_string());
+        if nulls.is_some() {
+            path.push('/');
+            path.push_str(&(i - start).to_string());
+        }
         out.push(value_at(values, i, path, nulls).unwrap_or(Value::Null));
         path.truncate(len);
     }
