@@ -187,8 +187,11 @@ const ONE_PARTITION_ROWS: u64 = 65_536;
 /// not have its plan made again and again.
 const REPLAN_ONE_PARTITION_ROWS: u64 = 4 * ONE_PARTITION_ROWS;
 
+/// The segments a scan reads, each with whether every row passes its exact filters.
+type Chosen = Vec<(SegmentEntry, bool)>;
+
 /// Rows in the segments chosen for a scan, before its filters.
-fn rows_of(chosen: &[(SegmentEntry, bool)]) -> u64 {
+fn rows_of(chosen: &Chosen) -> u64 {
     chosen.iter().map(|(e, _)| e.live_rows()).sum()
 }
 
@@ -245,12 +248,7 @@ impl ScanSpec {
     /// The reader of `snapshot`'s segments (its schema aside: the spec's is the one
     /// planned), with the filters' `now()` at `now`, and the segments it reads: each that
     /// may hold rows that pass, and whether every row passes the exact filters.
-    #[allow(clippy::type_complexity)]
-    fn choose(
-        &self,
-        snapshot: &Snapshot,
-        now: DateTime<Utc>,
-    ) -> Result<(SegmentReader, Vec<(SegmentEntry, bool)>)> {
+    fn choose(&self, snapshot: &Snapshot, now: DateTime<Utc>) -> Result<(SegmentReader, Chosen)> {
         let schema = self.schema.clone();
         let projected: SchemaRef = match &self.projection {
             Some(p) => Arc::new(schema.project(p)?),
@@ -287,7 +285,7 @@ impl ScanSpec {
         let sealed_exact_keep = exact_pruner.as_ref().map(|p| p.keep_each(sealed));
         // Each segment that may hold rows that pass, and whether every row passes the
         // exact filters.
-        let mut chosen: Vec<(SegmentEntry, bool)> = Vec::new();
+        let mut chosen: Chosen = Vec::new();
         for (i, entry) in sealed.entries.iter().enumerate() {
             if sealed.live_rows[i] > 0
                 && cutoff.is_none_or(|c| sealed.event_times[i].1 >= c)
@@ -319,11 +317,7 @@ impl ScanSpec {
     }
 
     /// The scan of the `chosen` segments with `reader`, dealt out among its partitions.
-    fn deal(
-        self: &Arc<Self>,
-        reader: SegmentReader,
-        chosen: Vec<(SegmentEntry, bool)>,
-    ) -> SegmentsExec {
+    fn deal(self: &Arc<Self>, reader: SegmentReader, chosen: Chosen) -> SegmentsExec {
         // Newest segments first (runs of the mutable segment, then sealed ones from the
         // last): dashboards ask for the latest rows (`ORDER BY timestamp DESC LIMIT n`), and
         // DataFusion's top-n then fills its heap from the newest segment and turns older
@@ -652,7 +646,7 @@ impl SegmentRows {
 /// for a dashboard's top-n (`LIMIT 100`) to fill its heap and tighten its filter before
 /// the rest are looked at. Each later chunk is four times the rows handed over so far, so
 /// a filter that stays loose costs few extra chunks.
-const FIRST_CHUNK: usize = 256;
+const FIRST_CHUNK: usize = 128;
 /// Rows in a chunk at most (DataFusion's batch size).
 const CHUNK: usize = 8_192;
 
@@ -789,10 +783,11 @@ fn rows_passing(
     } else {
         passed
     };
-    // Once a top-n's heap is full, most chunks of a segment pass no row, or all of them.
+    // Once a top-n's heap is full, most chunks of a segment pass no row, or all of them
+    // (every row of a slice passing, every row of the chunk in it does).
     match passed.true_count() {
         0 => return Ok(UInt32Array::from(Vec::<u32>::new())),
-        n if n == passed.len() && !sliced => return Ok(chunk),
+        n if n == passed.len() => return Ok(chunk),
         _ => {}
     }
     let passed = passed.values();
