@@ -1227,6 +1227,21 @@ mod tests {
         storage.close();
     }
 
+    /// The rows `sql` returns.
+    async fn query_rows(
+        engine: &crate::QueryEngine,
+        sql: String,
+    ) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        engine
+            .query(&crate::QueryRequest {
+                sql,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .results
+    }
+
     /// Writes `rounds` writes of `per_round` documents (`doc(i)` for i = 1, 2, ...), sealed
     /// in between: rows of several sealed segments and of the mutable one.
     async fn write_sealed_rounds(
@@ -1321,19 +1336,6 @@ mod tests {
             }
         })
         .await;
-        let query = |sql: String| {
-            let engine = engine.clone();
-            async move {
-                engine
-                    .query(&crate::QueryRequest {
-                        sql,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .results
-            }
-        };
         let keys = |rows: &[serde_json::Map<String, serde_json::Value>]| {
             rows.iter().map(|r| r["k"].as_i64()).collect::<Vec<_>>()
         };
@@ -1343,7 +1345,7 @@ mod tests {
             ("SELECT k FROM c WHERE odd ORDER BY k DESC", 5),
             ("SELECT k FROM c ORDER BY k DESC NULLS LAST", 5),
         ] {
-            let full = keys(&query(top.to_owned()).await);
+            let full = keys(&query_rows(&engine, top.to_owned()).await);
             // The collection's first document ({"k": 0}) and 9,000 more; of those, 4,500
             // odd rows and the 18 without k, which are marked odd.
             let rows = if top.contains("odd") { 4_518 } else { 9_001 };
@@ -1352,10 +1354,12 @@ mod tests {
             let nulls_first = !top.contains("NULLS LAST");
             assert_eq!(full[..n].iter().any(|k| k.is_none()), nulls_first, "{top}");
             let limited = format!("{top} LIMIT {n}");
-            let plan = serde_json::to_string(&query(format!("EXPLAIN {limited}")).await).unwrap();
+            let plan =
+                serde_json::to_string(&query_rows(&engine, format!("EXPLAIN {limited}")).await)
+                    .unwrap();
             assert!(plan.contains("late_filters"), "{limited}: {plan}");
             assert_eq!(
-                keys(&query(limited.clone()).await),
+                keys(&query_rows(&engine, limited.clone()).await),
                 full[..n].to_vec(),
                 "{limited}"
             );
@@ -1380,19 +1384,6 @@ mod tests {
             }
         })
         .await;
-        let query = |sql: String| {
-            let engine = engine.clone();
-            async move {
-                engine
-                    .query(&crate::QueryRequest {
-                        sql,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .results
-            }
-        };
         let keys = |rows: &[serde_json::Map<String, serde_json::Value>]| {
             rows.iter()
                 .map(|r| r.get("k").and_then(|k| k.as_i64()))
@@ -1402,9 +1393,10 @@ mod tests {
         for _ in 0..2 {
             let top = "SELECT k FROM c ORDER BY k DESC NULLS LAST LIMIT 5";
             let expected: Vec<_> = (2996..=3000).rev().map(Some).collect();
-            assert_eq!(keys(&query(top.into()).await), expected);
+            assert_eq!(keys(&query_rows(&engine, top.into()).await), expected);
             let analyzed =
-                serde_json::to_string(&query(format!("EXPLAIN ANALYZE {top}")).await).unwrap();
+                serde_json::to_string(&query_rows(&engine, format!("EXPLAIN ANALYZE {top}")).await)
+                    .unwrap();
             // The mutable segment's rows are read; the two sealed segments are not.
             assert!(analyzed.contains("segments_read=1,"), "{analyzed}");
             assert!(analyzed.contains("segments_ruled_out=2"), "{analyzed}");
@@ -1413,9 +1405,10 @@ mod tests {
             let top = "SELECT k FROM c ORDER BY k DESC LIMIT 5";
             let mut expected: Vec<_> = (2997..=3000).rev().map(Some).collect();
             expected.insert(0, None);
-            assert_eq!(keys(&query(top.into()).await), expected);
+            assert_eq!(keys(&query_rows(&engine, top.into()).await), expected);
             let analyzed =
-                serde_json::to_string(&query(format!("EXPLAIN ANALYZE {top}")).await).unwrap();
+                serde_json::to_string(&query_rows(&engine, format!("EXPLAIN ANALYZE {top}")).await)
+                    .unwrap();
             assert!(analyzed.contains("segments_read=2,"), "{analyzed}");
             assert!(analyzed.contains("segments_ruled_out=1"), "{analyzed}");
         }
