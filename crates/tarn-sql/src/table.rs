@@ -1242,6 +1242,11 @@ mod tests {
             .results
     }
 
+    /// What an `EXPLAIN` (or `EXPLAIN ANALYZE`) query returns, as one text.
+    async fn plan_text(engine: &crate::QueryEngine, sql: String) -> String {
+        serde_json::to_string(&query_rows(engine, sql).await).unwrap()
+    }
+
     /// Writes `rounds` writes of `per_round` documents (`doc(i)` for i = 1, 2, ...), sealed
     /// in between: rows of several sealed segments and of the mutable one.
     async fn write_sealed_rounds(
@@ -1354,9 +1359,7 @@ mod tests {
             let nulls_first = !top.contains("NULLS LAST");
             assert_eq!(full[..n].iter().any(|k| k.is_none()), nulls_first, "{top}");
             let limited = format!("{top} LIMIT {n}");
-            let plan =
-                serde_json::to_string(&query_rows(&engine, format!("EXPLAIN {limited}")).await)
-                    .unwrap();
+            let plan = plan_text(&engine, format!("EXPLAIN {limited}")).await;
             assert!(plan.contains("late_filters"), "{limited}: {plan}");
             assert_eq!(
                 keys(&query_rows(&engine, limited.clone()).await),
@@ -1394,9 +1397,7 @@ mod tests {
             let top = "SELECT k FROM c ORDER BY k DESC NULLS LAST LIMIT 5";
             let expected: Vec<_> = (2996..=3000).rev().map(Some).collect();
             assert_eq!(keys(&query_rows(&engine, top.into()).await), expected);
-            let analyzed =
-                serde_json::to_string(&query_rows(&engine, format!("EXPLAIN ANALYZE {top}")).await)
-                    .unwrap();
+            let analyzed = plan_text(&engine, format!("EXPLAIN ANALYZE {top}")).await;
             // The mutable segment's rows are read; the two sealed segments are not.
             assert!(analyzed.contains("segments_read=1,"), "{analyzed}");
             assert!(analyzed.contains("segments_ruled_out=2"), "{analyzed}");
@@ -1406,9 +1407,7 @@ mod tests {
             let mut expected: Vec<_> = (2997..=3000).rev().map(Some).collect();
             expected.insert(0, None);
             assert_eq!(keys(&query_rows(&engine, top.into()).await), expected);
-            let analyzed =
-                serde_json::to_string(&query_rows(&engine, format!("EXPLAIN ANALYZE {top}")).await)
-                    .unwrap();
+            let analyzed = plan_text(&engine, format!("EXPLAIN ANALYZE {top}")).await;
             assert!(analyzed.contains("segments_read=2,"), "{analyzed}");
             assert!(analyzed.contains("segments_ruled_out=1"), "{analyzed}");
         }
