@@ -7,10 +7,13 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// libmimalloc-sys builds without its `v2` feature).
 const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 
-/// Keeps freed memory for a second before returning it to the OS. With a delay of 10 ms
-/// (mimalloc v2's default; v3's is this second), the memory of each ingest batch went back to
-/// the OS and was faulted in (and zeroed by the kernel) again for the next:
-/// `MIMALLOC_PURGE_DELAY=1000 tarn bench` ingested 1.5x faster. Pinned here so that it holds
+/// Keeps freed memory for ten seconds before returning it to the OS. With a delay of 10 ms
+/// (mimalloc v2's default), the memory of each ingest batch went back to the OS and was
+/// faulted in (and zeroed by the kernel) again for the next: `MIMALLOC_PURGE_DELAY=1000
+/// tarn bench` ingested 1.5x faster. A second (v3's default) still let the memory of each
+/// sealed segment go back before the next one had grown into it: a segment of 65,536 tweets
+/// fills in 1.5-3 seconds at full speed, and `tarn bench --kafka` counted 315-381 page
+/// faults per MB drained at 1 s against 220-242 at 10 s. Pinned here so that it holds
 /// whichever version is built.
 ///
 /// Also no transparent huge pages: mimalloc asks for them on its arenas, so each first touch
@@ -27,7 +30,7 @@ const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 /// mimalloc's page allocation without it.
 pub fn tune() {
     for (option, variable, value) in [
-        (MI_OPTION_PURGE_DELAY, "MIMALLOC_PURGE_DELAY", 1000),
+        (MI_OPTION_PURGE_DELAY, "MIMALLOC_PURGE_DELAY", 10_000),
         (MI_OPTION_ALLOW_THP, "MIMALLOC_ALLOW_THP", 0),
     ] {
         if std::env::var_os(variable).is_none() {

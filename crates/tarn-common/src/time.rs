@@ -53,6 +53,25 @@ pub fn process_cpu_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Minor page faults this process has taken so far (fresh memory the kernel mapped and
+/// zeroed, mostly), from `/proc/self/stat`; 0 where that cannot be read.
+pub fn process_minor_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| stat_minor_faults(&s))
+        .unwrap_or(0)
+}
+
+/// Field 10 (`minflt`) of a `/proc/.../stat` line.
+fn stat_minor_faults(stat: &str) -> Option<u64> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(7)?
+        .parse()
+        .ok()
+}
+
 /// CPU seconds (user + system) used so far by this process's live threads whose name starts
 /// with `prefix` (a thread's name is at most 15 bytes: `rdk:mock`, `tarn-writer`).
 pub fn threads_cpu_seconds(prefix: &str) -> f64 {
@@ -81,12 +100,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_cpu_time_of_the_process_and_of_named_threads() {
+    fn reads_cpu_time_and_page_faults_of_the_process_and_cpu_time_of_named_threads() {
         assert_eq!(
             stat_cpu_seconds("42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0"),
             Some(3.0)
         );
         assert_eq!(stat_cpu_seconds("42 (x) S 1"), None);
+        assert_eq!(
+            stat_minor_faults("42 (a (b) c) S 1 2 3 4 5 6 77 8 9 10 250 50 0 0"),
+            Some(77)
+        );
+        assert_eq!(stat_minor_faults("42 (x) S 1"), None);
+        let before = process_minor_faults();
+        let touched = vec![1u8; 64 << 20];
+        assert!(
+            process_minor_faults() > before,
+            "64 MiB of fresh memory faulted nothing in"
+        );
+        drop(std::hint::black_box(touched));
         let spin = std::thread::Builder::new()
             .name("cpu-test-spin".into())
             .spawn(|| {

@@ -14,6 +14,7 @@ use tarn_storage::build::{Preparing, documents_to_batch_texts};
 use tarn_storage::catalog::{DEFAULT_WORKSPACE, Storage};
 use tarn_storage::collection::{CollectionOptions, SealPolicy};
 use tarn_storage::document::{EventTimeInfo, IngestContext, parse_limited, prepare, prepare_text};
+use tarn_storage::segment::encode_ipc_with;
 
 // The allocator the `tarn` binary uses, tuned as it tunes it (first thing in `main`).
 #[global_allocator]
@@ -58,20 +59,23 @@ fn input() -> Vec<u8> {
     out
 }
 
+/// The fewest seconds `f` took in `rounds` runs: the run the machine's noise disturbed least.
+fn best_of(rounds: usize, f: &mut dyn FnMut()) -> f64 {
+    (0..rounds)
+        .map(|_| {
+            let started = Instant::now();
+            f();
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 /// The stages alone, on one thread, over the first 20,000 documents: the best of five
 /// rounds, which the machine's noise disturbs least.
 fn stages(lines: &[&[u8]], ctx: &IngestContext) {
     let lines = &lines[..lines.len().min(20_000)];
     let mb = lines.iter().map(|l| l.len()).sum::<usize>() as f64 / 1e6;
-    let best = |f: &mut dyn FnMut()| {
-        (0..5)
-            .map(|_| {
-                let started = Instant::now();
-                f();
-                started.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min)
-    };
+    let best = |f: &mut dyn FnMut()| best_of(5, f);
     let prepare = |l: &&[u8]| prepare_text(l, ctx).expect("on a tape").expect("valid");
     let parse = best(&mut || {
         std::hint::black_box(lines.iter().map(prepare).collect::<Vec<_>>());
@@ -88,6 +92,41 @@ fn stages(lines: &[&[u8]], ctx: &IngestContext) {
         mb / parse,
         mb / build
     );
+}
+
+/// What sealing one segment's worth of documents (up to 65,536) costs at each zstd level,
+/// on one thread: encode MB/s and decode MB/s of the documents' JSON text, and how many times
+/// smaller than that text the file is. The best of three rounds each.
+fn codecs(lines: &[&[u8]], ctx: &IngestContext) {
+    let lines = &lines[..lines.len().min(65_536)];
+    let mb = lines.iter().map(|l| l.len()).sum::<usize>() as f64 / 1e6;
+    let docs: Vec<_> = lines
+        .iter()
+        .map(|l| prepare_text(l, ctx).expect("on a tape").expect("valid"))
+        .collect();
+    let pairs: Vec<_> = docs.iter().zip(lines).map(|(d, l)| (d, *l)).collect();
+    let batch = documents_to_batch_texts(&pairs);
+    let best = |f: &mut dyn FnMut()| best_of(3, f);
+    for level in [3, 1, -1, -3, -5] {
+        let file = encode_ipc_with(&batch, level).expect("encoding");
+        let encode = best(&mut || {
+            std::hint::black_box(encode_ipc_with(&batch, level).expect("encoding"));
+        });
+        let decode = best(&mut || {
+            let reader = arrow_ipc::reader::FileReader::try_new(std::io::Cursor::new(&file), None)
+                .expect("a file");
+            for b in reader {
+                std::hint::black_box(b.expect("a batch"));
+            }
+        });
+        println!(
+            "zstd level {level} over {} docs: encode {:.0} MB/s, decode {:.0} MB/s, {:.1}x smaller than the JSON",
+            lines.len(),
+            mb / encode,
+            mb / decode,
+            mb * 1e6 / file.len() as f64
+        );
+    }
 }
 
 fn main() {
@@ -122,6 +161,10 @@ fn main() {
     // `TARN_BENCH_STAGES=0` leaves them out, for a profile of the load alone.
     if std::env::var("TARN_BENCH_STAGES").as_deref() != Ok("0") {
         stages(&lines, &ctx);
+    }
+    // `TARN_BENCH_CODECS=1` compares the zstd levels a segment can be sealed with.
+    if std::env::var("TARN_BENCH_CODECS").as_deref() == Ok("1") {
+        codecs(&lines, &ctx);
     }
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunks: Vec<&[&[u8]]> = lines.chunks(2000).collect();

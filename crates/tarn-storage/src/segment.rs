@@ -749,14 +749,22 @@ impl Drop for SegmentFile {
     }
 }
 
+/// The zstd level sealing compresses segment files with. Level 1: generated tweets shrink
+/// 9.5x; zstd's fast levels encode 10-50% faster but shrink them only 6-7x
+/// (`TARN_BENCH_CODECS=1 cargo bench -p tarn-storage --bench ingest` compares them).
+pub const SEAL_ZSTD_LEVEL: i32 = 1;
+
 /// Encodes a batch as an Arrow IPC file in [`crate::layout`]'s layout (each struct field a
-/// column of its own), its buffers compressed with zstd at level 1: tweets
-/// shrink 7×, and the level encodes at about 540 MB/s and decodes at 1.2 GB/s per core
-/// (level 3 compressed no smaller and encoded 20% slower).
+/// column of its own), its buffers compressed with zstd at [`SEAL_ZSTD_LEVEL`].
 pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, TarnError> {
+    encode_ipc_with(batch, SEAL_ZSTD_LEVEL)
+}
+
+/// [`encode_ipc`] at another zstd level (negative levels are zstd's fast ones).
+pub fn encode_ipc_with(batch: &RecordBatch, zstd_level: i32) -> Result<Vec<u8>, TarnError> {
     let options = IpcWriteOptions::default()
         .try_with_compression(Some(CompressionType::ZSTD))
-        .and_then(|o| o.try_with_compression_level(Some(1)))
+        .and_then(|o| o.try_with_compression_level(Some(zstd_level)))
         .map_err(arrow_error)?;
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4);
     {

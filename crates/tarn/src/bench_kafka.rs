@@ -199,13 +199,19 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (mut last, mut moved) = (0usize, Instant::now());
     // The consumer group's join (the broker waits 3 s for more members before it assigns
     // partitions) is latency, not throughput: the rate is timed from the first record on.
-    let mut first: Option<(Instant, f64, f64, usize)> = None;
+    let mut first: Option<(Instant, f64, f64, u64, usize)> = None;
     loop {
         // The collection's document count (what its stats report), not a SQL COUNT(*):
         // a query every 20 ms would take a few percent of the two cores being measured.
         let n = backlog_collection.stats().doc_count as usize;
         if n > 0 && first.is_none() {
-            first = Some((Instant::now(), cpu_seconds(), broker_cpu_seconds(), n));
+            first = Some((
+                Instant::now(),
+                cpu_seconds(),
+                broker_cpu_seconds(),
+                tarn_common::time::process_minor_faults(),
+                n,
+            ));
         }
         if n >= backlog {
             break;
@@ -221,19 +227,22 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs_taken = started.elapsed().as_secs_f64();
-    let (first_at, first_cpu, first_broker_cpu, first_n) =
+    let (first_at, first_cpu, first_broker_cpu, first_faults, first_n) =
         first.expect("the loop ends with records stored");
     let draining = first_at.elapsed().as_secs_f64();
     let drained = (backlog - first_n) as f64;
     let mbps = bytes as f64 / 1e6 * drained / backlog as f64 / draining;
     let cpu = (cpu_seconds() - first_cpu).max(1e-9);
     let broker_cpu = broker_cpu_seconds() - first_broker_cpu;
+    // Fresh memory the kernel had to map and zero: memory returned to the system and
+    // faulted in again costs CPU that the figures above include.
+    let faults = tarn_common::time::process_minor_faults() - first_faults;
     println!(
         "kafka backlog of {backlog} tweets ({:.0} MB, {partitions} partitions) stored in {secs_taken:.1} s, \
          the first after {:.1} s (the consumer group's join); from then on {:.0} tweets/s, {mbps:.1} MB/s \
          ({:.1} MB/s per core over {cores} cores, the in-process broker sharing them); \
          {:.1} MB per CPU-second of the process, {:.1} of tarn without the broker's thread \
-         ({:.0}% of the CPU used)",
+         ({:.0}% of the CPU used); {:.0} page faults per MB",
         bytes as f64 / 1e6,
         secs_taken - draining,
         drained / draining,
@@ -241,6 +250,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         mbps * draining / cpu,
         mbps * draining / (cpu - broker_cpu).max(1e-9),
         100.0 * broker_cpu / cpu,
+        faults as f64 / (mbps * draining),
     );
     state.sources.stop_all();
     storage.close();
