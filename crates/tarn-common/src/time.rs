@@ -64,12 +64,13 @@ pub fn process_minor_faults() -> u64 {
 
 /// Field 10 (`minflt`) of a `/proc/.../stat` line.
 fn stat_minor_faults(stat: &str) -> Option<u64> {
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(7)?
-        .parse()
-        .ok()
+    stat_fields(stat)?.nth(7)?.parse().ok()
+}
+
+/// The fields of a `/proc/.../stat` line after the name (field 2, which may hold spaces and
+/// parentheses): the first is field 3.
+fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat.rsplit_once(')')?.1.split_whitespace())
 }
 
 /// CPU seconds (user + system) used so far by this process's live threads whose name starts
@@ -88,10 +89,9 @@ pub fn threads_cpu_seconds(prefix: &str) -> f64 {
 }
 
 /// User + system time of a `/proc/.../stat` line: fields 14 and 15, in clock ticks (100 a
-/// second); the name (field 2) may hold spaces and parentheses.
+/// second).
 fn stat_cpu_seconds(stat: &str) -> Option<f64> {
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    let f: Vec<&str> = stat_fields(stat)?.collect();
     Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
 }
 
