@@ -1,5 +1,5 @@
 //! The Kafka source: a consumer group over all partitions of a topic with `rdkafka`, each
-//! batch stored with the next offset of every partition it read, in the same log record.
+//! batch stored with the next offset of every partition it read, in the same write.
 //!
 //! Checkpoints are `kafka/{topic}/{partition}` → the next offset to read. The positions
 //! tarn stored, not the group's committed offsets, decide where reading resumes: on every
@@ -288,6 +288,8 @@ async fn consume(
     let mut batch: Vec<(i32, i64, Option<Vec<u8>>)> = Vec::new();
     // The next offset of each partition after every batch handed to the stages.
     let mut handed = positions.lock().clone();
+    // The offsets last committed to the group.
+    let committed = Mutex::new(BTreeMap::new());
     let mut preparing: FuturesOrdered<StageFuture<'_, Prepared>> = FuturesOrdered::new();
     let mut ready: VecDeque<Prepared> = VecDeque::new();
     let mut storing: Option<StageFuture<'_, (usize, Instant)>> = None;
@@ -350,10 +352,11 @@ async fn consume(
         if storing.is_none()
             && let Some(prepared) = ready.pop_front()
         {
-            let (sink, consumer, topic, positions) = (sink, &consumer, &topic, &positions);
+            let (sink, consumer, topic, positions, committed) =
+                (sink, &consumer, &topic, &positions, &committed);
             storing = Some(Box::pin(async move {
                 let (records, started) = (prepared.batch.records(), Instant::now());
-                store_prepared(sink, consumer, topic, positions, prepared).await?;
+                store_prepared(sink, consumer, topic, positions, committed, prepared).await?;
                 Ok((records, started))
             }));
         }
@@ -430,13 +433,15 @@ fn new_records(
     (records, next)
 }
 
-/// Stores a prepared batch with its positions, then tells Kafka (tarn's own positions are
-/// what count; the group's committed offsets show its lag in Kafka's tools).
+/// Stores a prepared batch with its positions, then tells Kafka the offsets that became
+/// durable (tarn's own positions are what count; the group's committed offsets show its
+/// lag in Kafka's tools, and they move when a seal makes the source's writes durable).
 async fn store_prepared(
     sink: &Arc<SourceSink>,
     consumer: &Arc<StreamConsumer<SourceContext>>,
     topic: &str,
     positions: &Arc<Mutex<BTreeMap<i32, i64>>>,
+    committed: &Mutex<BTreeMap<i32, i64>>,
     prepared: Prepared,
 ) -> Result<(), String> {
     sink.store(prepared.batch).await.map_err(|e| {
@@ -446,13 +451,22 @@ async fn store_prepared(
             e.message
         )
     })?;
-    let next = prepared.next;
-    positions.lock().extend(next.iter().map(|(p, o)| (*p, *o)));
+    positions
+        .lock()
+        .extend(prepared.next.iter().map(|(p, o)| (*p, *o)));
+    let durable = stored_positions(&sink.collection.durable_checkpoints(), topic);
     let mut tpl = TopicPartitionList::new();
-    for (p, o) in &next {
-        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o));
+    {
+        let mut committed = committed.lock();
+        for (p, o) in durable {
+            if committed.insert(p, o) != Some(o) {
+                let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
+            }
+        }
     }
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+    if tpl.count() > 0
+        && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+    {
         tracing::debug!(%topic, error = %e, "committing offsets to Kafka failed (tarn's own positions are durable)");
     }
     Ok(())

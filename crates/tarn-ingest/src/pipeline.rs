@@ -1,7 +1,7 @@
 //! What every source shares: turning raw records into documents, the per-collection log of
 //! bad records, source status, and the one write that stores documents with their positions.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +17,9 @@ use tarn_storage::{Collection, Document};
 
 /// Recent bad records kept in memory per collection; all of them go to the file.
 const RECENT_ERRORS: usize = 100;
+/// The bad records of earlier runs a restarted source may meet again, at most: those it
+/// reads again are the ones since its collection's last seal (see `IngestErrorLog::record`).
+const EARLIER_ERRORS: usize = 10_000;
 
 /// A record as a stream gave it: its bytes, where it came from, and the `_meta` to store.
 pub struct RawRecord {
@@ -74,6 +77,9 @@ impl IngestError {
 pub struct IngestErrorLog {
     path: PathBuf,
     inner: Mutex<(u64, VecDeque<IngestError>)>,
+    /// How many times each (source, position, message) was logged by earlier runs, among
+    /// their last `EARLIER_ERRORS`.
+    earlier: Mutex<HashMap<(String, String, String), u32>>,
 }
 
 impl IngestErrorLog {
@@ -82,13 +88,20 @@ impl IngestErrorLog {
         // Earlier errors survive restarts: count them and keep the recent ones.
         let mut recent = VecDeque::new();
         let mut count = 0;
+        let mut earlier = HashMap::new();
         if let Ok(text) = std::fs::read_to_string(&path) {
-            for line in text.lines() {
+            let lines = text.lines().count();
+            for (i, line) in text.lines().enumerate() {
                 let Ok(v) = serde_json::from_str::<Value>(line) else {
                     continue;
                 };
                 count += 1;
                 let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                if i + EARLIER_ERRORS >= lines {
+                    *earlier
+                        .entry((s("source"), s("position"), s("message")))
+                        .or_insert(0) += 1;
+                }
                 recent.push_back(IngestError {
                     at_ms: v["at_ms"].as_i64().unwrap_or_default(),
                     source: s("source"),
@@ -103,10 +116,29 @@ impl IngestErrorLog {
         IngestErrorLog {
             path,
             inner: Mutex::new((count, recent)),
+            earlier: Mutex::new(earlier),
         }
     }
 
-    pub fn record(&self, errors: Vec<IngestError>) {
+    /// Logs and counts bad records, except those an earlier run logged already: a source's
+    /// writes are durable only once sealed, so after a crash it reads the records since the
+    /// last seal again, bad ones included.
+    pub fn record(&self, mut errors: Vec<IngestError>) {
+        {
+            let mut earlier = self.earlier.lock();
+            if !earlier.is_empty() {
+                errors.retain(|e| {
+                    let key = (e.source.clone(), e.position.clone(), e.message.clone());
+                    match earlier.get_mut(&key) {
+                        Some(n) if *n > 0 => {
+                            *n -= 1;
+                            false
+                        }
+                        _ => true,
+                    }
+                });
+            }
+        }
         if errors.is_empty() {
             return;
         }
@@ -379,7 +411,7 @@ impl SourceSink {
                 }
             }
         }
-        let write = Collection::prepare_insert(docs, checkpoints).await?;
+        let write = Collection::prepare_source_insert(docs, checkpoints).await?;
         Ok(PreparedBatch {
             write,
             records: total,
@@ -592,5 +624,40 @@ mod tests {
             let back: Vec<usize> = pieces.into_iter().flatten().collect();
             assert_eq!(back, (0..n).collect::<Vec<_>>(), "{n} items");
         }
+    }
+    fn bad(position: &str) -> IngestError {
+        IngestError {
+            at_ms: 1,
+            source: "kafka:t".into(),
+            position: position.into(),
+            message: "not JSON".into(),
+        }
+    }
+
+    #[test]
+    fn bad_records_read_again_after_a_restart_are_logged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = IngestErrorLog::new(dir.path().to_path_buf());
+        log.record(vec![bad("t/0@5"), bad("t/0@5"), bad("t/1@9")]);
+        assert_eq!(log.count(), 3);
+        drop(log);
+        // A crash before the seal: the source reads the same records again, and new ones.
+        let log = IngestErrorLog::new(dir.path().to_path_buf());
+        log.record(vec![
+            bad("t/0@5"),
+            bad("t/0@5"),
+            bad("t/1@9"),
+            bad("t/1@10"),
+        ]);
+        assert_eq!(log.count(), 4);
+        log.record(vec![bad("t/1@9")]);
+        assert_eq!(
+            log.count(),
+            5,
+            "only what earlier runs logged is passed over"
+        );
+        let lines = std::fs::read_to_string(dir.path().join("ingest-errors.ndjson")).unwrap();
+        assert_eq!(lines.lines().count(), 5);
+        assert_eq!(log.recent()[0].position, "t/1@9");
     }
 }

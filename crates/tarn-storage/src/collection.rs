@@ -299,6 +299,10 @@ struct State {
     last_updated_ms: i64,
     /// Source positions covered by what is stored (see [`WalRecord::Insert`]).
     checkpoints: BTreeMap<String, String>,
+    /// Set while the mutable segment holds source writes that are not in the log: the
+    /// checkpoints that were durable (sealed or logged) before the first of them. After a
+    /// crash the sources resume from these and read those writes again.
+    durable_checkpoints: Option<BTreeMap<String, String>>,
 }
 
 /// The manifest: what is durable in sealed segments, and where log replay starts.
@@ -325,6 +329,10 @@ pub struct PreparedWrite {
     ids: Vec<String>,
     framed: Vec<u8>,
     checkpoints: Vec<(String, String)>,
+    /// A stream source's documents, which it can read again from the checkpoints it had
+    /// before them: logged (framed by the writer) only when a logged write follows them in
+    /// the same mutable segment. `None` once framed, and for every other write.
+    replayable: Option<Vec<LoggedDoc>>,
 }
 
 enum WriterMsg {
@@ -340,6 +348,29 @@ enum WriterMsg {
     Seal {
         reply: oneshot::Sender<TarnResult<()>>,
     },
+}
+
+impl WriterMsg {
+    /// A write that must be in the log before it is answered: all but a stream source's.
+    fn must_log(&self) -> bool {
+        match self {
+            WriterMsg::Insert { write, .. } => write.replayable.is_none(),
+            WriterMsg::Delete { .. } => true,
+            WriterMsg::Seal { .. } => false,
+        }
+    }
+
+    /// Answers the message with `err`; nothing of it was applied.
+    fn fail(self, err: TarnError) {
+        match self {
+            WriterMsg::Insert { reply, .. } | WriterMsg::Delete { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            WriterMsg::Seal { reply } => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
 }
 
 enum SealerMsg {
@@ -476,15 +507,45 @@ pub fn prepare_write(
     checkpoints: Vec<(String, String)>,
 ) -> PreparedWrite {
     let (batch, ids) = batch_and_ids(&docs);
-    let logged: Vec<LoggedDoc> = docs
-        .into_iter()
+    let framed = frame_insert(logged_docs(docs), &checkpoints);
+    PreparedWrite {
+        batch,
+        ids,
+        framed,
+        checkpoints,
+        replayable: None,
+    }
+}
+
+/// Builds the batch of documents a stream source read before `checkpoints`; the log record
+/// is made only if the writer must log them (see [`Writer::log_sources`]).
+pub fn prepare_source_write(
+    docs: Vec<(Document, Vec<u8>)>,
+    checkpoints: Vec<(String, String)>,
+) -> PreparedWrite {
+    let (batch, ids) = batch_and_ids(&docs);
+    PreparedWrite {
+        batch,
+        ids,
+        framed: Vec::new(),
+        checkpoints,
+        replayable: Some(logged_docs(docs)),
+    }
+}
+
+fn logged_docs(docs: Vec<(Document, Vec<u8>)>) -> Vec<LoggedDoc> {
+    docs.into_iter()
         .map(|(d, json)| LoggedDoc {
             id: d.id,
             event_time: d.event_time,
             meta: serde_json::to_vec(&d.meta).expect("JSON values serialize"),
             json,
         })
-        .collect();
+        .collect()
+}
+
+/// The framed log record of an insert.
+fn frame_insert(logged: Vec<LoggedDoc>, checkpoints: &[(String, String)]) -> Vec<u8> {
     // Sized up front: growing a buffer of megabytes by doubling faults in (and the kernel
     // zeroes) fresh pages at every step.
     let size: usize = logged
@@ -499,15 +560,10 @@ pub fn prepare_write(
     let mut framed = crate::wal::record_buffer(size);
     WalRecord::Insert {
         docs: logged,
-        checkpoints: checkpoints.clone(),
+        checkpoints: checkpoints.to_vec(),
     }
     .encode_into(&mut framed);
-    PreparedWrite {
-        batch,
-        ids,
-        framed,
-        checkpoints,
-    }
+    framed
 }
 
 impl Collection {
@@ -585,6 +641,7 @@ impl Collection {
             live_docs,
             last_updated_ms: 0,
             checkpoints: manifest.checkpoints.clone(),
+            durable_checkpoints: None,
         }));
         let wal_dir = dir.join("wal");
         let generations: Vec<u64> = wal::list_generations(&wal_dir)?
@@ -610,6 +667,7 @@ impl Collection {
                 .map(|s| (s.id, s.deleted_rows))
                 .collect(),
             merger: None,
+            log_sources: false,
         };
         let mut replayed = 0usize;
         for g in &generations {
@@ -625,6 +683,7 @@ impl Collection {
                             ids,
                             framed: Vec::new(),
                             checkpoints,
+                            replayable: None,
                         };
                         writer.apply_insert(write);
                         writer.merge_runs();
@@ -708,6 +767,21 @@ impl Collection {
             .map_err(|_| TarnError::unavailable("the collection closed during the write"))?
     }
 
+    /// [`Collection::prepare_insert`] for what a stream source read before `checkpoints`
+    /// (its position just past the documents). Such a write is visible once
+    /// [`Collection::insert_prepared`] answers, but is durable only once sealed (or logged
+    /// ahead of a write that must be): until then a crash takes it back together with its
+    /// checkpoints, and the source reads it again. It is not written to the log twice (once
+    /// there and once sealed), which was a fifth of a Kafka backlog's ingest CPU.
+    pub async fn prepare_source_insert(
+        docs: Vec<(Document, Vec<u8>)>,
+        checkpoints: Vec<(String, String)>,
+    ) -> TarnResult<PreparedWrite> {
+        tokio::task::spawn_blocking(move || prepare_source_write(docs, checkpoints))
+            .await
+            .map_err(|e| TarnError::internal(format!("preparing the write failed: {e}")))
+    }
+
     /// The blocking form of [`Collection::insert`], for threads outside the async runtime.
     pub fn insert_blocking(
         &self,
@@ -774,8 +848,18 @@ impl Collection {
         self.state.read().checkpoints.clone()
     }
 
-    /// Stops the threads after they finish what was sent; everything acknowledged is in the
-    /// log already, so nothing needs flushing for durability.
+    /// Source positions covered by documents that would survive a crash now: behind
+    /// [`Collection::checkpoints`] while source writes wait unlogged for their seal.
+    pub fn durable_checkpoints(&self) -> BTreeMap<String, String> {
+        let s = self.state.read();
+        s.durable_checkpoints
+            .clone()
+            .unwrap_or_else(|| s.checkpoints.clone())
+    }
+
+    /// Stops the threads after they finish what was sent. Everything acknowledged is in the
+    /// log already; source writes not in it are sealed first, so that a restart does not
+    /// read them again.
     pub fn close(&self) {
         self.writer_tx.lock().take();
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
@@ -813,6 +897,11 @@ struct Writer {
     persisted_bitmaps: HashMap<u64, usize>,
     /// Merges runs off the writer thread; `None` while the log is replayed.
     merger: Option<Merger>,
+    /// Source writes are logged too, until the next seal: a write that must be logged
+    /// (an API insert, a delete) entered the mutable segment. A logged record may never
+    /// follow unlogged writes of the same segment in the log: replay would put it before
+    /// them when the source reads them again (a delete before the insert it deleted).
+    log_sources: bool,
 }
 
 /// The merger thread of a collection: merges the runs it is sent, one job at a time.
@@ -957,6 +1046,11 @@ impl Writer {
         if let Some(merger) = self.merger.take() {
             merger.stop();
         }
+        if self.state.read().durable_checkpoints.is_some()
+            && let Err(e) = self.seal()
+        {
+            tracing::error!(collection = %self.dir.display(), error = %e, "sealing unlogged source writes at close failed; the sources read them again");
+        }
         // Wait for the sealer to finish what it was given.
         let (tx, rx) = oneshot::channel();
         if self.sealer.send(SealerMsg::Barrier(tx)).is_ok() {
@@ -964,8 +1058,41 @@ impl Writer {
         }
     }
 
-    fn handle_group(&mut self, group: Vec<WriterMsg>) {
+    fn handle_group(&mut self, mut group: Vec<WriterMsg>) {
+        // The first write that must be logged ends the unlogged source writes: those of the
+        // group before it are stored first, and sealed (waiting for the sealer) with those
+        // already in the mutable segment; from it on, source writes are logged too.
+        if !self.log_sources
+            && let Some(at) = group.iter().position(WriterMsg::must_log)
+        {
+            let rest = group.split_off(at);
+            if !group.is_empty() {
+                self.handle_group(group);
+            }
+            if self.state.read().durable_checkpoints.is_some()
+                && let Err(e) = self.seal().and_then(|_| self.sealer_barrier())
+            {
+                tracing::error!(collection = %self.dir.display(), error = %e, "sealing unlogged source writes failed");
+                for m in rest {
+                    m.fail(TarnError::internal(format!(
+                        "earlier source writes could not be sealed before this write: {e}"
+                    )));
+                }
+                return;
+            }
+            self.log_sources = true;
+            return self.handle_group(rest);
+        }
         let started = Instant::now();
+        if self.log_sources {
+            for m in &mut group {
+                if let WriterMsg::Insert { write, .. } = m
+                    && let Some(docs) = write.replayable.take()
+                {
+                    write.framed = frame_insert(docs, &write.checkpoints);
+                }
+            }
+        }
         let framed: Vec<&[u8]> = group
             .iter()
             .filter_map(|m| match m {
@@ -973,6 +1100,7 @@ impl Writer {
                 WriterMsg::Delete { framed: f, .. } => Some(f.as_slice()),
                 WriterMsg::Seal { .. } => None,
             })
+            .filter(|f| !f.is_empty())
             .collect();
         if !framed.is_empty() {
             let wal = self.wal.as_mut().expect("log is open while running");
@@ -980,15 +1108,9 @@ impl Writer {
                 // Nothing of the group is applied or acknowledged.
                 tracing::error!(collection = %self.dir.display(), error = %e, "log append failed");
                 for m in group {
-                    let err = TarnError::internal(format!("the write could not be logged: {e}"));
-                    match m {
-                        WriterMsg::Insert { reply, .. } | WriterMsg::Delete { reply, .. } => {
-                            let _ = reply.send(Err(err));
-                        }
-                        WriterMsg::Seal { reply } => {
-                            let _ = reply.send(Err(err));
-                        }
-                    }
+                    m.fail(TarnError::internal(format!(
+                        "the write could not be logged: {e}"
+                    )));
                 }
                 return;
             }
@@ -1059,8 +1181,17 @@ impl Writer {
             ids,
             framed,
             checkpoints,
+            replayable,
         } = write;
         crate::wal::recycle_record_buffer(framed);
+        let unlogged = replayable.is_some();
+        drop(replayable);
+        if unlogged {
+            let mut s = self.state.write();
+            if s.durable_checkpoints.is_none() {
+                s.durable_checkpoints = Some(s.checkpoints.clone());
+            }
+        }
         if ids.is_empty() {
             // A position-only record (a source moved past records that made no documents,
             // or reached the end of a shard): no segment, only the checkpoints.
@@ -1325,6 +1456,9 @@ impl Writer {
         let next = old_generation + 1;
         self.wal = Some(WalWriter::open(&self.dir.join("wal"), next)?);
         self.wal_start = next;
+        // Everything of the mutable segment goes into this manifest, with its checkpoints.
+        self.state.write().durable_checkpoints = None;
+        self.log_sources = false;
         self.send_manifest(new_segments, Vec::new(), next)
     }
 
@@ -1361,7 +1495,11 @@ impl Writer {
             wal_start: self.wal_start,
             next_segment_id: self.next_segment_id,
             schema: Some(s.schema.as_ref().clone()),
-            checkpoints: s.checkpoints.clone(),
+            // Not past what a restart would have: unlogged writes are not in this manifest.
+            checkpoints: s
+                .durable_checkpoints
+                .clone()
+                .unwrap_or_else(|| s.checkpoints.clone()),
         };
         drop(s);
         self.sealer
@@ -1597,6 +1735,106 @@ mod tests {
         assert_eq!(live_ids(&c), vec!["a"]);
         assert_eq!(c.stats().doc_count, 1);
         assert_eq!(c.checkpoints().get("s").map(String::as_str), Some("7"));
+    }
+
+    /// What a crash would leave: a copy of the collection's files as they are now.
+    fn crash_image(from: &Path) -> tempfile::TempDir {
+        fn copy(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for e in std::fs::read_dir(from).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    copy(&e.path(), &to.join(e.file_name()));
+                } else {
+                    std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+                }
+            }
+        }
+        let image = tempfile::tempdir().unwrap();
+        copy(from, image.path());
+        image
+    }
+
+    fn source_write(c: &Collection, rt: &tokio::runtime::Runtime, values: &[Value], at: &str) {
+        let write = prepare_source_write(docs(values), vec![("s".into(), at.into())]);
+        rt.block_on(c.insert_prepared(write)).unwrap();
+    }
+
+    #[test]
+    fn source_writes_are_durable_once_sealed() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(dir.path(), SealPolicy::default());
+        source_write(&c, &rt, &[json!({"_id": "x1"}), json!({"_id": "x2"})], "2");
+        assert_eq!(live_ids(&c), vec!["x1", "x2"]);
+        assert_eq!(c.checkpoints().get("s").map(String::as_str), Some("2"));
+        assert_eq!(c.durable_checkpoints().get("s"), None);
+        // Not in the log: a crash takes the writes back with their position.
+        let image = crash_image(dir.path());
+        let crashed = open(image.path(), SealPolicy::default());
+        assert!(live_ids(&crashed).is_empty());
+        assert_eq!(crashed.checkpoints().get("s"), None);
+        rt.block_on(c.seal()).unwrap();
+        assert_eq!(
+            c.durable_checkpoints().get("s").map(String::as_str),
+            Some("2")
+        );
+        let image = crash_image(dir.path());
+        let crashed = open(image.path(), SealPolicy::default());
+        assert_eq!(live_ids(&crashed), vec!["x1", "x2"]);
+        assert_eq!(
+            crashed.checkpoints().get("s").map(String::as_str),
+            Some("2")
+        );
+        // Closing seals what is not in the log, so a restart does not read it again.
+        source_write(&c, &rt, &[json!({"_id": "x3"})], "3");
+        c.close();
+        drop(c);
+        let c = open(dir.path(), SealPolicy::default());
+        assert_eq!(live_ids(&c), vec!["x1", "x2", "x3"]);
+        assert_eq!(c.checkpoints().get("s").map(String::as_str), Some("3"));
+    }
+
+    #[test]
+    fn a_logged_write_never_precedes_unlogged_source_writes() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(dir.path(), SealPolicy::default());
+        source_write(&c, &rt, &[json!({"_id": "x1"}), json!({"_id": "x2"})], "2");
+        // The delete is logged only after the insert it deletes is sealed: otherwise a
+        // restart replays the delete and then reads the insert again from the source.
+        rt.block_on(c.delete(vec!["x1".into()])).unwrap();
+        let image = crash_image(dir.path());
+        let crashed = open(image.path(), SealPolicy::default());
+        assert_eq!(live_ids(&crashed), vec!["x2"]);
+        assert_eq!(
+            crashed.checkpoints().get("s").map(String::as_str),
+            Some("2")
+        );
+        // Until the next seal, source writes are logged too.
+        source_write(&c, &rt, &[json!({"_id": "x3"})], "3");
+        assert_eq!(
+            c.durable_checkpoints().get("s").map(String::as_str),
+            Some("3")
+        );
+        let image = crash_image(dir.path());
+        let crashed = open(image.path(), SealPolicy::default());
+        assert_eq!(live_ids(&crashed), vec!["x2", "x3"]);
+        assert_eq!(
+            crashed.checkpoints().get("s").map(String::as_str),
+            Some("3")
+        );
+        // After it, they are not.
+        rt.block_on(c.seal()).unwrap();
+        source_write(&c, &rt, &[json!({"_id": "x4"})], "4");
+        assert_eq!(
+            c.durable_checkpoints().get("s").map(String::as_str),
+            Some("3")
+        );
     }
 
     #[test]

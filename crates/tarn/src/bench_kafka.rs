@@ -199,19 +199,20 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (mut last, mut moved) = (0usize, Instant::now());
     // The consumer group's join (the broker waits 3 s for more members before it assigns
     // partitions) is latency, not throughput: the rate is timed from the first record on.
-    let mut first: Option<(Instant, f64, f64, u64, usize)> = None;
+    let mut first: Option<DrainMark> = None;
+    // Half way: the rate from here on is the sustained one. The first half also pays for
+    // the memory ingest grows into once (the mutable segment, the one being sealed, the
+    // batches in flight), faulted in fresh from the kernel.
+    let mut half: Option<DrainMark> = None;
     loop {
         // The collection's document count (what its stats report), not a SQL COUNT(*):
         // a query every 20 ms would take a few percent of the two cores being measured.
         let n = backlog_collection.stats().doc_count as usize;
         if n > 0 && first.is_none() {
-            first = Some((
-                Instant::now(),
-                cpu_seconds(),
-                broker_cpu_seconds(),
-                tarn_common::time::process_minor_faults(),
-                n,
-            ));
+            first = Some(DrainMark::now(n));
+        }
+        if n >= backlog / 2 && half.is_none() {
+            half = Some(DrainMark::now(n));
         }
         if n >= backlog {
             break;
@@ -227,35 +228,87 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs_taken = started.elapsed().as_secs_f64();
-    let (first_at, first_cpu, first_broker_cpu, first_faults, first_n) =
-        first.expect("the loop ends with records stored");
-    let draining = first_at.elapsed().as_secs_f64();
-    let drained = (backlog - first_n) as f64;
-    let mbps = bytes as f64 / 1e6 * drained / backlog as f64 / draining;
-    let cpu = (cpu_seconds() - first_cpu).max(1e-9);
-    let broker_cpu = broker_cpu_seconds() - first_broker_cpu;
-    // Fresh memory the kernel had to map and zero: memory returned to the system and
-    // faulted in again costs CPU that the figures above include.
-    let faults = tarn_common::time::process_minor_faults() - first_faults;
+    let end = DrainMark::now(backlog);
+    let first = first.expect("the loop ends with records stored");
+    let half = half.expect("the loop ends with records stored");
+    let tweet_mb = bytes as f64 / 1e6 / backlog as f64;
+    let whole = first.rate_until(&end, tweet_mb);
+    let second_half = half.rate_until(&end, tweet_mb);
     println!(
         "kafka backlog of {backlog} tweets ({:.0} MB, {partitions} partitions) stored in {secs_taken:.1} s, \
-         the first after {:.1} s (the consumer group's join); from then on {:.0} tweets/s, {mbps:.1} MB/s \
-         ({:.1} MB/s per core over {cores} cores, the in-process broker sharing them); \
-         {:.1} MB per CPU-second of the process, {:.1} of tarn without the broker's thread \
-         ({:.0}% of the CPU used); {:.0} page faults per MB",
+         the first after {:.1} s (the consumer group's join); from then on {:.0} tweets/s, {}; \
+         over the second half (sustained, the memory grown into): {}",
         bytes as f64 / 1e6,
-        secs_taken - draining,
-        drained / draining,
-        mbps / cores,
-        mbps * draining / cpu,
-        mbps * draining / (cpu - broker_cpu).max(1e-9),
-        100.0 * broker_cpu / cpu,
-        faults as f64 / (mbps * draining),
+        secs_taken - whole.secs,
+        whole.tweets / whole.secs,
+        whole.describe(cores),
+        second_half.describe(cores),
     );
     state.sources.stop_all();
     storage.close();
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
+}
+
+/// The state of the process at a point of the drain.
+struct DrainMark {
+    at: Instant,
+    cpu: f64,
+    broker_cpu: f64,
+    faults: u64,
+    stored: usize,
+}
+
+impl DrainMark {
+    fn now(stored: usize) -> DrainMark {
+        DrainMark {
+            at: Instant::now(),
+            cpu: cpu_seconds(),
+            broker_cpu: broker_cpu_seconds(),
+            faults: tarn_common::time::process_minor_faults(),
+            stored,
+        }
+    }
+
+    fn rate_until(&self, end: &DrainMark, tweet_mb: f64) -> DrainRate {
+        let tweets = end.stored.saturating_sub(self.stored) as f64;
+        DrainRate {
+            secs: (end.at - self.at).as_secs_f64().max(1e-9),
+            tweets,
+            mb: tweets * tweet_mb,
+            cpu: (end.cpu - self.cpu).max(1e-9),
+            broker_cpu: end.broker_cpu - self.broker_cpu,
+            faults: end.faults.saturating_sub(self.faults),
+        }
+    }
+}
+
+/// What the drain did between two marks.
+struct DrainRate {
+    secs: f64,
+    tweets: f64,
+    mb: f64,
+    cpu: f64,
+    broker_cpu: f64,
+    faults: u64,
+}
+
+impl DrainRate {
+    fn describe(&self, cores: f64) -> String {
+        let mbps = self.mb / self.secs;
+        // Page faults are fresh memory the kernel had to map and zero: memory returned to
+        // the system and faulted in again costs CPU that the figures include.
+        format!(
+            "{mbps:.1} MB/s ({:.1} MB/s per core over {cores} cores, the in-process broker sharing them); \
+             {:.1} MB per CPU-second of the process, {:.1} of tarn without the broker's thread \
+             ({:.0}% of the CPU used); {:.0} page faults per MB",
+            mbps / cores,
+            self.mb / self.cpu,
+            self.mb / (self.cpu - self.broker_cpu).max(1e-9),
+            100.0 * self.broker_cpu / self.cpu,
+            self.faults as f64 / self.mb.max(1e-9),
+        )
+    }
 }
 
 #[cfg(test)]
