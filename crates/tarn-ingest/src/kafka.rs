@@ -277,11 +277,11 @@ async fn consume(
         stop_lag,
     );
     // Batches flow through two stages: prepared (parsed and built, on every core), then
-    // stored (logged, fsynced, applied: the writer's thread). Batches n+1 and n+2 are
-    // prepared while batch n is stored, so the cores are not idle during the log's fsync
-    // nor at the points where one batch's parallel pieces join. The next batch gathers
+    // stored (applied by the writer's thread). Batches n+1 and n+2 are prepared while
+    // batch n is stored, so the cores are not idle while the writer works nor at the
+    // points where one batch's parallel pieces join. The next batch gathers
     // while the stages are busy: a slow stream is stored message by message (low latency)
-    // and a fast one in large batches (few log records), with no fixed window to wait out.
+    // and a fast one in large batches (few runs to merge), with no fixed window to wait out.
     // Batches leave preparation in the order read and are stored one at a time in that
     // order, so positions are stored in order, and a failure ends this consumer before
     // anything after it is stored.

@@ -1,5 +1,5 @@
 //! The Kinesis source: every shard read in parallel with the official SDK, resharding
-//! followed, and each batch stored with its shard's sequence number in the same log record.
+//! followed, and each batch stored with its shard's sequence number in the same write.
 //!
 //! Checkpoints are `kinesis/{stream}/{shard}` → the last stored sequence number, or
 //! [`SHARD_END`] once a closed shard has been read to its end. A child shard is read only

@@ -328,10 +328,11 @@ pub struct SourceSink {
 }
 
 impl SourceSink {
-    /// Parses, transforms and stores `records` in one log record together with
-    /// `checkpoints`, the positions just after them. Bad records go to the error log and
-    /// are passed over: the checkpoints cover them too. Returns once durable; on an error
-    /// nothing of the batch is stored and the caller retries from its old position.
+    /// Parses, transforms and stores `records` in one write together with `checkpoints`,
+    /// the positions just after them. Bad records go to the error log and are passed over:
+    /// the checkpoints cover them too. Returns once visible (durable when sealed, see
+    /// [`Collection::prepare_source_insert`]); on an error nothing of the batch is stored
+    /// and the caller retries from its old position.
     ///
     /// Parsing and preparing a batch take milliseconds of CPU, so they run on the blocking
     /// pool: on the async workers they would hold up every request the server is serving.
@@ -348,7 +349,7 @@ impl SourceSink {
 
     /// The first half of [`SourceSink::write`]: parses, transforms and builds the batch,
     /// storing nothing. A source may prepare its next batch while the one before is being
-    /// stored (the CPU-bound half beside the writer's log append and fsync), as long as it
+    /// stored (the CPU-bound half beside the writer's), as long as it
     /// stores them in the order it read them.
     pub async fn prepare(
         &self,
@@ -421,8 +422,7 @@ impl SourceSink {
     }
 
     /// The second half of [`SourceSink::write`]: stores a prepared batch with its
-    /// checkpoints in one log record; returns once durable. On an error nothing of it is
-    /// stored.
+    /// checkpoints in one write; returns once visible. On an error nothing of it is stored.
     pub async fn store(&self, batch: PreparedBatch) -> TarnResult<()> {
         let started = std::time::Instant::now();
         self.collection.insert_prepared(batch.write).await?;

@@ -518,7 +518,7 @@ pub fn prepare_write(
 }
 
 /// Builds the batch of documents a stream source read before `checkpoints`; the log record
-/// is made only if the writer must log them (see [`Writer::log_sources`]).
+/// is made only if the writer must log them (after a logged write in the same segment).
 pub fn prepare_source_write(
     docs: Vec<(Document, Vec<u8>)>,
     checkpoints: Vec<(String, String)>,
@@ -1059,6 +1059,18 @@ impl Writer {
     }
 
     fn handle_group(&mut self, mut group: Vec<WriterMsg>) {
+        // A seal starts a new log generation and the old one goes once the seal is durable:
+        // writes after the seal are logged (and applied) as a group of their own, in the new
+        // generation, not with those before it in the one being deleted.
+        if let Some(at) = group
+            .iter()
+            .position(|m| matches!(m, WriterMsg::Seal { .. }))
+            && at + 1 < group.len()
+        {
+            let rest = group.split_off(at + 1);
+            self.handle_group(group);
+            return self.handle_group(rest);
+        }
         // The first write that must be logged ends the unlogged source writes: those of the
         // group before it are stored first, and sealed (waiting for the sealer) with those
         // already in the mutable segment; from it on, source writes are logged too.
@@ -1795,6 +1807,35 @@ mod tests {
         let c = open(dir.path(), SealPolicy::default());
         assert_eq!(live_ids(&c), vec!["x1", "x2", "x3"]);
         assert_eq!(c.checkpoints().get("s").map(String::as_str), Some("3"));
+    }
+
+    #[test]
+    fn writes_grouped_after_a_seal_go_into_the_next_log_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(dir.path(), SealPolicy::default());
+        let insert = |id: &str| {
+            let (reply, rx) = oneshot::channel();
+            let write = prepare_write(docs(&[json!({ "_id": id })]), vec![]);
+            c.send(WriterMsg::Insert { write, reply }).unwrap();
+            rx
+        };
+        // Holding the state keeps the writer applying `x`, so that the three writes queued
+        // meanwhile reach it as one group.
+        let held = c.state.read();
+        let x = insert("x");
+        std::thread::sleep(Duration::from_millis(200));
+        let a = insert("a");
+        let (reply, sealed) = oneshot::channel();
+        c.send(WriterMsg::Seal { reply }).unwrap();
+        let b = insert("b");
+        drop(held);
+        for rx in [x, a, b] {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        sealed.blocking_recv().unwrap().unwrap();
+        let image = crash_image(dir.path());
+        let crashed = open(image.path(), SealPolicy::default());
+        assert_eq!(live_ids(&crashed), vec!["a", "b", "x"]);
     }
 
     #[test]
