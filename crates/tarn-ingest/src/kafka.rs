@@ -435,7 +435,8 @@ fn new_records(
 
 /// Stores a prepared batch with its positions, then tells Kafka the offsets that became
 /// durable (tarn's own positions are what count; the group's committed offsets show its
-/// lag in Kafka's tools, and they move when a seal makes the source's writes durable).
+/// lag in Kafka's tools). They move at the first batch stored after a seal made the
+/// source's writes durable.
 async fn store_prepared(
     sink: &Arc<SourceSink>,
     consumer: &Arc<StreamConsumer<SourceContext>>,
