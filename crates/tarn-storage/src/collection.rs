@@ -1198,17 +1198,10 @@ impl Writer {
         crate::wal::recycle_record_buffer(framed);
         let unlogged = replayable.is_some();
         drop(replayable);
-        if unlogged {
-            let mut s = self.state.write();
-            if s.durable_checkpoints.is_none() {
-                s.durable_checkpoints = Some(s.checkpoints.clone());
-            }
-        }
         if ids.is_empty() {
             // A position-only record (a source moved past records that made no documents,
             // or reached the end of a shard): no segment, only the checkpoints.
-            let mut s = self.state.write();
-            s.checkpoints.extend(checkpoints);
+            advance_checkpoints(&mut self.state.write(), checkpoints, unlogged);
             return Vec::new();
         }
         let seg_id = self.next_segment_id;
@@ -1256,7 +1249,7 @@ impl Writer {
             );
             s.live_docs = s.live_docs + added - replaced_elsewhere;
             s.last_updated_ms = chrono::Utc::now().timestamp_millis();
-            s.checkpoints.extend(checkpoints);
+            advance_checkpoints(&mut s, checkpoints, unlogged);
         }
         self.mutable.push(seg_id);
         self.mutable_since.get_or_insert_with(Instant::now);
@@ -1583,6 +1576,15 @@ impl Writer {
     }
 }
 
+/// Moves the stored positions past a write; before the first write not in the log, keeps
+/// the positions a crash would go back to.
+fn advance_checkpoints(s: &mut State, checkpoints: Vec<(String, String)>, unlogged: bool) {
+    if unlogged && s.durable_checkpoints.is_none() {
+        s.durable_checkpoints = Some(s.checkpoints.clone());
+    }
+    s.checkpoints.extend(checkpoints);
+}
+
 /// Marks rows deleted in their segments; returns how many were live.
 fn mark_deleted(s: &mut State, locs: &[Loc]) -> u64 {
     let mut n = 0;
@@ -1749,8 +1751,9 @@ mod tests {
         assert_eq!(c.checkpoints().get("s").map(String::as_str), Some("7"));
     }
 
-    /// What a crash would leave: a copy of the collection's files as they are now.
-    fn crash_image(from: &Path) -> tempfile::TempDir {
+    /// The live ids and the checkpoint `s` that a crash now would leave: a copy of the
+    /// collection's files as they are, opened.
+    fn after_crash(dir: &Path) -> (Vec<String>, Option<String>) {
         fn copy(from: &Path, to: &Path) {
             std::fs::create_dir_all(to).unwrap();
             for e in std::fs::read_dir(from).unwrap() {
@@ -1763,13 +1766,23 @@ mod tests {
             }
         }
         let image = tempfile::tempdir().unwrap();
-        copy(from, image.path());
-        image
+        copy(dir, image.path());
+        let crashed = open(image.path(), SealPolicy::default());
+        let position = crashed.checkpoints().get("s").cloned();
+        (live_ids(&crashed), position)
     }
 
     fn source_write(c: &Collection, rt: &tokio::runtime::Runtime, values: &[Value], at: &str) {
         let write = prepare_source_write(docs(values), vec![("s".into(), at.into())]);
         rt.block_on(c.insert_prepared(write)).unwrap();
+    }
+
+    fn durable_position(c: &Collection) -> Option<String> {
+        c.durable_checkpoints().get("s").cloned()
+    }
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
     }
 
     #[test]
@@ -1780,32 +1793,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = open(dir.path(), SealPolicy::default());
         source_write(&c, &rt, &[json!({"_id": "x1"}), json!({"_id": "x2"})], "2");
-        assert_eq!(live_ids(&c), vec!["x1", "x2"]);
+        assert_eq!(live_ids(&c), ids(&["x1", "x2"]));
         assert_eq!(c.checkpoints().get("s").map(String::as_str), Some("2"));
-        assert_eq!(c.durable_checkpoints().get("s"), None);
+        assert_eq!(durable_position(&c), None);
         // Not in the log: a crash takes the writes back with their position.
-        let image = crash_image(dir.path());
-        let crashed = open(image.path(), SealPolicy::default());
-        assert!(live_ids(&crashed).is_empty());
-        assert_eq!(crashed.checkpoints().get("s"), None);
+        assert_eq!(after_crash(dir.path()), (vec![], None));
         rt.block_on(c.seal()).unwrap();
+        assert_eq!(durable_position(&c), Some("2".into()));
         assert_eq!(
-            c.durable_checkpoints().get("s").map(String::as_str),
-            Some("2")
-        );
-        let image = crash_image(dir.path());
-        let crashed = open(image.path(), SealPolicy::default());
-        assert_eq!(live_ids(&crashed), vec!["x1", "x2"]);
-        assert_eq!(
-            crashed.checkpoints().get("s").map(String::as_str),
-            Some("2")
+            after_crash(dir.path()),
+            (ids(&["x1", "x2"]), Some("2".into()))
         );
         // Closing seals what is not in the log, so a restart does not read it again.
         source_write(&c, &rt, &[json!({"_id": "x3"})], "3");
         c.close();
         drop(c);
         let c = open(dir.path(), SealPolicy::default());
-        assert_eq!(live_ids(&c), vec!["x1", "x2", "x3"]);
+        assert_eq!(live_ids(&c), ids(&["x1", "x2", "x3"]));
         assert_eq!(c.checkpoints().get("s").map(String::as_str), Some("3"));
     }
 
@@ -1833,9 +1837,7 @@ mod tests {
             rx.blocking_recv().unwrap().unwrap();
         }
         sealed.blocking_recv().unwrap().unwrap();
-        let image = crash_image(dir.path());
-        let crashed = open(image.path(), SealPolicy::default());
-        assert_eq!(live_ids(&crashed), vec!["a", "b", "x"]);
+        assert_eq!(after_crash(dir.path()).0, ids(&["a", "b", "x"]));
     }
 
     #[test]
@@ -1849,33 +1851,18 @@ mod tests {
         // The delete is logged only after the insert it deletes is sealed: otherwise a
         // restart replays the delete and then reads the insert again from the source.
         rt.block_on(c.delete(vec!["x1".into()])).unwrap();
-        let image = crash_image(dir.path());
-        let crashed = open(image.path(), SealPolicy::default());
-        assert_eq!(live_ids(&crashed), vec!["x2"]);
-        assert_eq!(
-            crashed.checkpoints().get("s").map(String::as_str),
-            Some("2")
-        );
+        assert_eq!(after_crash(dir.path()), (ids(&["x2"]), Some("2".into())));
         // Until the next seal, source writes are logged too.
         source_write(&c, &rt, &[json!({"_id": "x3"})], "3");
+        assert_eq!(durable_position(&c), Some("3".into()));
         assert_eq!(
-            c.durable_checkpoints().get("s").map(String::as_str),
-            Some("3")
-        );
-        let image = crash_image(dir.path());
-        let crashed = open(image.path(), SealPolicy::default());
-        assert_eq!(live_ids(&crashed), vec!["x2", "x3"]);
-        assert_eq!(
-            crashed.checkpoints().get("s").map(String::as_str),
-            Some("3")
+            after_crash(dir.path()),
+            (ids(&["x2", "x3"]), Some("3".into()))
         );
         // After it, they are not.
         rt.block_on(c.seal()).unwrap();
         source_write(&c, &rt, &[json!({"_id": "x4"})], "4");
-        assert_eq!(
-            c.durable_checkpoints().get("s").map(String::as_str),
-            Some("3")
-        );
+        assert_eq!(durable_position(&c), Some("3".into()));
     }
 
     #[test]
