@@ -753,9 +753,7 @@ impl Collection {
         docs: Vec<(Document, Vec<u8>)>,
         checkpoints: Vec<(String, String)>,
     ) -> TarnResult<PreparedWrite> {
-        tokio::task::spawn_blocking(move || prepare_write(docs, checkpoints))
-            .await
-            .map_err(|e| TarnError::internal(format!("preparing the write failed: {e}")))
+        on_blocking_pool(move || prepare_write(docs, checkpoints)).await
     }
 
     /// The second half of [`Collection::insert`]: logs and applies a prepared write; answers
@@ -777,9 +775,7 @@ impl Collection {
         docs: Vec<(Document, Vec<u8>)>,
         checkpoints: Vec<(String, String)>,
     ) -> TarnResult<PreparedWrite> {
-        tokio::task::spawn_blocking(move || prepare_source_write(docs, checkpoints))
-            .await
-            .map_err(|e| TarnError::internal(format!("preparing the write failed: {e}")))
+        on_blocking_pool(move || prepare_source_write(docs, checkpoints)).await
     }
 
     /// The blocking form of [`Collection::insert`], for threads outside the async runtime.
@@ -1576,6 +1572,15 @@ impl Writer {
     }
 }
 
+/// Prepares a write on tokio's blocking pool: building a batch takes milliseconds of CPU.
+async fn on_blocking_pool(
+    prepare: impl FnOnce() -> PreparedWrite + Send + 'static,
+) -> TarnResult<PreparedWrite> {
+    tokio::task::spawn_blocking(prepare)
+        .await
+        .map_err(|e| TarnError::internal(format!("preparing the write failed: {e}")))
+}
+
 /// Moves the stored positions past a write; before the first write not in the log, keeps
 /// the positions a crash would go back to.
 fn advance_checkpoints(s: &mut State, checkpoints: Vec<(String, String)>, unlogged: bool) {
@@ -1781,18 +1786,24 @@ mod tests {
         c.durable_checkpoints().get("s").cloned()
     }
 
-    fn ids(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn source_writes_are_durable_once_sealed() {
+    /// A new collection holding `x1` and `x2` from a source at position `s` = 2, unlogged.
+    fn two_source_writes() -> (tokio::runtime::Runtime, tempfile::TempDir, Arc<Collection>) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let c = open(dir.path(), SealPolicy::default());
         source_write(&c, &rt, &[json!({"_id": "x1"}), json!({"_id": "x2"})], "2");
+        (rt, dir, c)
+    }
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn source_writes_are_durable_once_sealed() {
+        let (rt, dir, c) = two_source_writes();
         assert_eq!(live_ids(&c), ids(&["x1", "x2"]));
         assert_eq!(c.checkpoints().get("s").map(String::as_str), Some("2"));
         assert_eq!(durable_position(&c), None);
@@ -1842,12 +1853,7 @@ mod tests {
 
     #[test]
     fn a_logged_write_never_precedes_unlogged_source_writes() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let c = open(dir.path(), SealPolicy::default());
-        source_write(&c, &rt, &[json!({"_id": "x1"}), json!({"_id": "x2"})], "2");
+        let (rt, dir, c) = two_source_writes();
         // The delete is logged only after the insert it deletes is sealed: otherwise a
         // restart replays the delete and then reads the insert again from the source.
         rt.block_on(c.delete(vec!["x1".into()])).unwrap();
