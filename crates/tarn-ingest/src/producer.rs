@@ -202,11 +202,6 @@ pub struct KafkaWriter {
 impl KafkaWriter {
     /// `kafka://BROKER[,BROKER...]/TOPIC`.
     pub fn connect(url: &str) -> Result<KafkaWriter, String> {
-        Self::connect_with(url, &[])
-    }
-
-    /// [`KafkaWriter::connect`] with librdkafka producer settings on top of tarn's.
-    pub fn connect_with(url: &str, settings: &[(&str, &str)]) -> Result<KafkaWriter, String> {
         let rest = url
             .strip_prefix("kafka://")
             .ok_or_else(|| format!("a Kafka sink starts with kafka://, not {url}"))?;
@@ -218,9 +213,6 @@ impl KafkaWriter {
         config
             .set("bootstrap.servers", brokers)
             .set("linger.ms", "5");
-        for (k, v) in settings {
-            config.set(*k, *v);
-        }
         let producer: BaseProducer = config
             .create()
             .map_err(|e| format!("cannot create a Kafka producer for {brokers}: {e}"))?;
@@ -246,8 +238,21 @@ impl KafkaWriter {
     /// Hands messages to the producer's queue without waiting for acknowledgements (they
     /// go out within `linger.ms`); [`KafkaWriter::flush`] waits for them.
     pub fn enqueue(&self, records: &[Vec<u8>]) -> Result<(), String> {
+        self.enqueue_into(records, None)
+    }
+
+    /// [`KafkaWriter::enqueue`] into one partition, rather than where the partitioner puts
+    /// each message.
+    pub fn enqueue_to(&self, partition: i32, records: &[Vec<u8>]) -> Result<(), String> {
+        self.enqueue_into(records, Some(partition))
+    }
+
+    fn enqueue_into(&self, records: &[Vec<u8>], partition: Option<i32>) -> Result<(), String> {
         for r in records {
             let mut record: BaseRecord<'_, (), [u8]> = BaseRecord::to(&self.topic).payload(r);
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
             loop {
                 match self.producer.send(record) {
                     Ok(()) => break,

@@ -463,6 +463,21 @@ fn write_file(path: &Path, bytes: &[u8], private: bool) -> TarnResult<()> {
     wal::sync_dir(dir)
 }
 
+/// Writes a segment file around the page cache ([`crate::direct`]): a temp file, renamed
+/// into place. `false` where the filesystem cannot, and the store is to write it.
+fn write_segment_uncached(path: &Path, bytes: &[u8]) -> TarnResult<bool> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| TarnError::internal("path without parent"))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    if !crate::direct::write_uncached(&tmp, bytes)? {
+        return Ok(false);
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(true)
+}
+
 /// Turns logged documents back into documents (replay).
 fn logged_to_documents(docs: Vec<LoggedDoc>) -> TarnResult<Vec<(Document, Vec<u8>)>> {
     docs.into_iter()
@@ -1637,11 +1652,13 @@ fn persist(
 ) -> TarnResult<()> {
     for seg in &job.new_segments {
         let bytes = encode_ipc(&seg.read_all()?)?;
-        let path = segment_object(prefix, seg.id);
-        futures::executor::block_on(store.put(&path, bytes.into()))
-            .map_err(|e| TarnError::internal(format!("writing segment {}: {e}", seg.id)))?;
-        // The local store renames into place without fsync: make it durable before the log goes.
         let local = segment_path(dir, seg.id);
+        if !write_segment_uncached(&local, &bytes)? {
+            let path = segment_object(prefix, seg.id);
+            futures::executor::block_on(store.put(&path, bytes.into()))
+                .map_err(|e| TarnError::internal(format!("writing segment {}: {e}", seg.id)))?;
+        }
+        // The local store renames into place without fsync: make it durable before the log goes.
         if local.exists() {
             std::fs::File::open(&local)?.sync_all()?;
             wal::sync_dir(&dir.join("segments"))?;

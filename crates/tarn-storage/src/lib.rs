@@ -14,6 +14,7 @@ pub mod build;
 pub mod cache;
 pub mod catalog;
 pub mod collection;
+pub mod direct;
 pub mod document;
 pub mod jsonscan;
 pub mod layout;
