@@ -463,8 +463,9 @@ fn write_file(path: &Path, bytes: &[u8], private: bool) -> TarnResult<()> {
     wal::sync_dir(dir)
 }
 
-/// Writes a segment file around the page cache ([`crate::direct`]): a temp file, renamed
-/// into place. `false` where the filesystem cannot, and the store is to write it.
+/// Writes a segment file around the page cache ([`crate::direct`]): a temp file, fsynced,
+/// renamed into place (the caller fsyncs the directory). `false` where the filesystem
+/// cannot, and the store is to write it.
 fn write_segment_uncached(path: &Path, bytes: &[u8]) -> TarnResult<bool> {
     let dir = path
         .parent()
@@ -1657,10 +1658,12 @@ fn persist(
             let path = segment_object(prefix, seg.id);
             futures::executor::block_on(store.put(&path, bytes.into()))
                 .map_err(|e| TarnError::internal(format!("writing segment {}: {e}", seg.id)))?;
+            // The store renames into place without fsync: make it durable before the log goes.
+            if local.exists() {
+                std::fs::File::open(&local)?.sync_all()?;
+            }
         }
-        // The local store renames into place without fsync: make it durable before the log goes.
         if local.exists() {
-            std::fs::File::open(&local)?.sync_all()?;
             wal::sync_dir(&dir.join("segments"))?;
             // From now on its columns are read from the file, and memory holds only what
             // the column cache keeps.
