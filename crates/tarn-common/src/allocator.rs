@@ -32,8 +32,8 @@ const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 /// to itself it returns the top of a thread's heap to the OS (`MADV_DONTNEED`) whenever
 /// more than twice its mmap threshold is free there, and the next responses are received
 /// into freshly faulted pages (`_copy_to_iter` took 17-32% of the drain's page faults). So
-/// blocks up to 32 MiB (glibc's largest threshold) come from its heaps, which keep up to
-/// 1 GiB free. Both settings together took the drain's second half to 34-38 faults per MB.
+/// blocks up to 32 MiB (as high as glibc's adaptive threshold ever goes) come from its
+/// heaps, which keep up to 1 GiB free. Both settings together took the drain's second half to 34-38 faults per MB.
 ///
 /// Also no transparent huge pages: mimalloc asks for them on its arenas, so each first touch
 /// of fresh memory made the kernel zero 2 MiB. `perf` showed 15% of the demo's CPU in
@@ -75,8 +75,10 @@ pub fn tune() {
 
 /// How long mimalloc keeps freed memory before returning it to the OS (see [`tune`]).
 const PURGE_DELAY_MS: std::ffi::c_long = 5 * 60 * 1000;
-/// Blocks up to this size come from glibc's heaps rather than a mapping of their own: its
-/// largest threshold on 64-bit (`DEFAULT_MMAP_THRESHOLD_MAX`).
+/// Blocks up to this size come from glibc's heaps rather than a mapping of their own: the
+/// highest its adaptive threshold goes on 64-bit (`DEFAULT_MMAP_THRESHOLD_MAX`). `mallopt`
+/// takes more (glibc 2.36 accepted 64 MiB), but a thread's heap holds 64 MiB at most, so
+/// blocks near that are mapped on their own anyway.
 const GLIBC_MMAP_THRESHOLD: usize = 32 << 20;
 /// glibc returns the top of a heap to the OS only when more than this is free there.
 const GLIBC_TRIM_THRESHOLD: usize = 1 << 30;
