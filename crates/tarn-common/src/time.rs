@@ -53,6 +53,29 @@ pub fn process_cpu_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU seconds this process has spent in the kernel so far (page faults, mostly, under
+/// ingest), from `/proc/self/stat`; 0 where that cannot be read.
+pub fn process_system_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| Some(stat_fields(&s)?.nth(12)?.parse::<f64>().ok()? / 100.0))
+        .unwrap_or(0.0)
+}
+
+/// Seconds the hypervisor has kept this machine's virtual CPUs from running although they
+/// had work (`steal` in `/proc/stat`, summed over CPUs); 0 on bare metal or where it cannot
+/// be read. A benchmark with much of it measured a busy host, not the program.
+pub fn machine_steal_seconds() -> f64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            // cpu user nice system idle iowait irq softirq steal
+            let steal = s.lines().next()?.split_whitespace().nth(8)?;
+            Some(steal.parse::<f64>().ok()? / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// Minor page faults this process has taken so far (fresh memory the kernel mapped and
 /// zeroed, mostly), from `/proc/self/stat`; 0 where that cannot be read.
 pub fn process_minor_faults() -> u64 {
@@ -88,6 +111,26 @@ pub fn threads_cpu_seconds(prefix: &str) -> f64 {
         .sum()
 }
 
+/// The ids of this process's live threads, from `/proc/self/task`; empty where that cannot
+/// be read. The threads a call starts are the ids present after it and not before.
+pub fn thread_ids() -> std::collections::BTreeSet<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// CPU seconds (user + system) used so far by the live threads of this process among `ids`.
+pub fn thread_ids_cpu_seconds<'a>(ids: impl IntoIterator<Item = &'a u32>) -> f64 {
+    ids.into_iter()
+        .filter_map(|id| {
+            stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/self/task/{id}/stat")).ok()?)
+        })
+        .sum()
+}
+
 /// User + system time of a `/proc/.../stat` line: fields 14 and 15, in clock ticks (100 a
 /// second).
 fn stat_cpu_seconds(stat: &str) -> Option<f64> {
@@ -118,6 +161,7 @@ mod tests {
             "64 MiB of fresh memory faulted nothing in"
         );
         drop(std::hint::black_box(touched));
+        let before_spin = thread_ids();
         let spin = std::thread::Builder::new()
             .name("cpu-test-spin".into())
             .spawn(|| {
@@ -127,13 +171,33 @@ mod tests {
                     x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
                 }
                 let used = threads_cpu_seconds("cpu-test-spin");
-                (x, used)
+                let own_id = thread_ids()
+                    .into_iter()
+                    .find(|id| {
+                        std::fs::read_to_string(format!("/proc/self/task/{id}/comm"))
+                            .is_ok_and(|c| c.starts_with("cpu-test-spin"))
+                    })
+                    .expect("the thread is listed");
+                (x, used, own_id, thread_ids_cpu_seconds(&[own_id]))
             })
             .expect("a thread starts");
-        let (_, used) = spin.join().expect("the thread ends");
+        let (_, used, own_id, used_by_id) = spin.join().expect("the thread ends");
         assert!(used >= 0.1, "the spinning thread used {used} s");
+        assert!(used_by_id >= used, "{used_by_id} s by id, {used} s by name");
+        assert!(!before_spin.contains(&own_id), "a new thread has a new id");
+        assert!(
+            before_spin.contains(&(std::process::id())),
+            "the main thread is listed"
+        );
+        assert_eq!(thread_ids_cpu_seconds(&[u32::MAX]), 0.0);
         assert!(process_cpu_seconds() >= used);
         assert_eq!(threads_cpu_seconds("no-such-thread"), 0.0);
+        let system = process_system_cpu_seconds();
+        assert!(
+            system > 0.0 && system <= process_cpu_seconds(),
+            "64 MiB faulted in took {system} s in the kernel"
+        );
+        assert!(machine_steal_seconds() >= 0.0);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tarn_storage::{DEFAULT_WORKSPACE, SealPolicy, Storage};
 
 use crate::bench::{BenchArgs, cpu_seconds, percentile};
 use crate::tweets::TweetGenerator;
+use tarn_common::time::{machine_steal_seconds, process_system_cpu_seconds as system_cpu_seconds};
 
 /// Creates a collection reading `topic` through the real source manager.
 fn kafka_collection(
@@ -47,6 +48,26 @@ async fn count(state: &tarn_server::AppState, name: &str) -> anyhow::Result<u64>
     Ok(out.results[0]["n"].as_u64().unwrap_or(0))
 }
 
+/// The id of the calling thread (`/proc/thread-self` links to `/proc/PID/task/TID`).
+fn own_thread_id() -> Option<u32> {
+    std::fs::read_link("/proc/thread-self")
+        .ok()?
+        .file_name()?
+        .to_str()?
+        .parse()
+        .ok()
+}
+
+/// How much of `cpu` seconds the kernel took, and what the hypervisor stole meanwhile:
+/// on a virtual machine whose host takes back freed memory, fresh pages cost the kernel
+/// (and the host) several times more, and runs with much of either measured the host.
+fn kernel_and_host(system_cpu: f64, cpu: f64, steal: f64) -> String {
+    format!(
+        "{:.0}% of the process's CPU in the kernel, {steal:.1} s stolen by the hypervisor",
+        100.0 * system_cpu / cpu.max(1e-9)
+    )
+}
+
 /// CPU time of the mock broker's own thread (librdkafka names it `rdk:mock`): in this
 /// process here, on other machines in a deployment.
 fn broker_cpu_seconds() -> f64 {
@@ -71,6 +92,27 @@ const BACKLOG_RUN: usize = 32;
 /// keeps on average (room for the uneven spread of sticky partitioning).
 fn partitions_for(bytes: usize) -> i32 {
     (bytes / (MOCK_PARTITION_BYTES / 2) + 1).clamp(4, 512) as i32
+}
+
+/// Fails when `messages` of `bytes` in all, put into `partitions` in turn `run` at a time,
+/// would not fit what the mock broker keeps of a partition (`option` makes them fewer).
+fn ensure_partitions_hold(
+    bytes: usize,
+    messages: usize,
+    partitions: i32,
+    run: usize,
+    option: &str,
+) -> anyhow::Result<()> {
+    // What a partition holds, plus a run of slack for the uneven split.
+    let per_partition = bytes / partitions as usize + bytes / messages.max(1) * run;
+    anyhow::ensure!(
+        per_partition < MOCK_PARTITION_BYTES,
+        "{messages} tweets ({} MB) do not fit the mock broker's {partitions} partitions \
+         of {} MB: give {option} less",
+        bytes / 1_000_000,
+        MOCK_PARTITION_BYTES / 1_000_000
+    );
+    Ok(())
 }
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -106,6 +148,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let bytes: usize = tweets.iter().map(Vec::len).sum();
         let topic = format!("steady-{round}");
         let partitions = partitions_for(bytes);
+        let per_tick = (rate as usize / 100).max(1);
+        ensure_partitions_hold(bytes, total, partitions, per_tick, "--kafka-secs")?;
         cluster.create_topic(&topic, partitions, 1)?;
         let name = format!("steady{round}");
         let c = kafka_collection(&state, &name, &topic)?;
@@ -121,28 +165,45 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         // Send time of each message, in microseconds since `epoch`.
         let epoch = Instant::now();
+        let (cpu_at_start, broker_cpu_at_start) = (cpu_seconds(), broker_cpu_seconds());
+        let (system_at_start, steal_at_start) = (system_cpu_seconds(), machine_steal_seconds());
         let sent_us: Arc<Vec<AtomicU64>> =
             Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
         let url = format!("kafka://{bootstrap}/{topic}");
         let sent = sent_us.clone();
-        let producer = std::thread::spawn(move || -> anyhow::Result<()> {
-            let w = KafkaWriter::connect(&url).map_err(anyhow::Error::msg)?;
-            // 100 sends a second at the target rate.
-            let per_tick = (rate as usize / 100).max(1);
-            let mut next = Instant::now();
-            for (k, chunk) in tweets.chunks(per_tick).enumerate() {
-                let t = epoch.elapsed().as_micros() as u64;
-                for i in 0..chunk.len() {
-                    sent[k * per_tick + i].store(t, Ordering::Relaxed);
+        let producer = std::thread::Builder::new()
+            .name("bench-producer".into())
+            .spawn(move || -> anyhow::Result<f64> {
+                // This thread and the client threads `connect` starts: the producer's CPU,
+                // which a deployment spends on other machines.
+                let before = tarn_common::time::thread_ids();
+                let w = KafkaWriter::connect(&url).map_err(anyhow::Error::msg)?;
+                let mut producer_threads: Vec<u32> = tarn_common::time::thread_ids()
+                    .difference(&before)
+                    .copied()
+                    .collect();
+                producer_threads.extend(own_thread_id());
+                // 100 sends a second at the target rate, each into the next partition in
+                // turn: what librdkafka's sticky partitioner does (10 ms of messages into one
+                // partition), with every partition filled alike, so none outgrows what the
+                // mock broker keeps (it deletes the oldest records, and the consumer skips
+                // them: they would count as lost).
+                let mut next = Instant::now();
+                for (k, chunk) in tweets.chunks(per_tick).enumerate() {
+                    let t = epoch.elapsed().as_micros() as u64;
+                    for i in 0..chunk.len() {
+                        sent[k * per_tick + i].store(t, Ordering::Relaxed);
+                    }
+                    w.enqueue_to(k as i32 % partitions, chunk)
+                        .map_err(anyhow::Error::msg)?;
+                    next += Duration::from_millis(10);
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
                 }
-                w.enqueue(chunk).map_err(anyhow::Error::msg)?;
-                next += Duration::from_millis(10);
-                if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            w.flush().map_err(anyhow::Error::msg)
-        });
+                w.flush().map_err(anyhow::Error::msg)?;
+                Ok(tarn_common::time::thread_ids_cpu_seconds(&producer_threads))
+            })?;
         // Poll the count; a message counts as fresh when the count first covers it.
         let mut fresh_ms = Vec::new();
         let mut seen = 0usize;
@@ -162,19 +223,36 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             // 2 ms) more than the source.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        producer
+        let (cpu, broker_cpu) = (
+            cpu_seconds() - cpu_at_start,
+            broker_cpu_seconds() - broker_cpu_at_start,
+        );
+        let (system, steal) = (
+            system_cpu_seconds() - system_at_start,
+            machine_steal_seconds() - steal_at_start,
+        );
+        let elapsed = epoch.elapsed().as_secs_f64();
+        let producer_cpu = producer
             .join()
             .map_err(|_| anyhow::anyhow!("producer panicked"))??;
-        let elapsed = epoch.elapsed().as_secs_f64();
         let mb_s = bytes as f64 / 1e6 / (secs as f64);
         if fresh_ms.is_empty() {
             println!("kafka {rate}/s: nothing arrived");
             continue;
         }
+        // Cores busy over the round, split: when they add up to all of them, the producer
+        // and broker in this process took what tarn needed to keep up.
+        let busy = |cpu_s: f64| cpu_s / elapsed;
         println!(
-            "kafka at {rate} tweets/s ({mb_s:.1} MB/s offered, {partitions} partitions): {seen} of {total} stored in {elapsed:.1} s; freshness (produced → counted by a query) p50 {:.1} ms, p99 {:.1} ms",
+            "kafka at {rate} tweets/s ({mb_s:.1} MB/s offered, {partitions} partitions): {seen} of {total} stored in {elapsed:.1} s; \
+             freshness (produced → counted by a query) p50 {:.1} ms, p99 {:.1} ms; \
+             cores busy of {cores}: tarn {:.2}, the in-process broker {:.2}, the producer {:.2}; {}",
             percentile(&mut fresh_ms, 0.5),
-            percentile(&mut fresh_ms, 0.99)
+            percentile(&mut fresh_ms, 0.99),
+            busy(cpu - broker_cpu - producer_cpu),
+            busy(broker_cpu),
+            busy(producer_cpu),
+            kernel_and_host(system, cpu, steal),
         );
         drop(c);
     }
@@ -186,15 +264,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .collect();
     let bytes: usize = tweets.iter().map(Vec::len).sum();
     let partitions = partitions_for(bytes);
-    // What a partition holds, plus a run of slack for the uneven split.
-    let per_partition = bytes / partitions as usize + bytes / backlog.max(1) * BACKLOG_RUN;
-    anyhow::ensure!(
-        per_partition < MOCK_PARTITION_BYTES,
-        "a backlog of {backlog} tweets ({} MB) does not fit the mock broker's {partitions} partitions \
-         of {} MB: give --kafka-backlog fewer",
-        bytes / 1_000_000,
-        MOCK_PARTITION_BYTES / 1_000_000
-    );
+    ensure_partitions_hold(bytes, backlog, partitions, BACKLOG_RUN, "--kafka-backlog")?;
     cluster.create_topic("backlog", partitions, 1)?;
     let w = KafkaWriter::connect(&format!("kafka://{bootstrap}/backlog"))
         .map_err(anyhow::Error::msg)?;
@@ -267,6 +337,8 @@ struct DrainMark {
     at: Instant,
     cpu: f64,
     broker_cpu: f64,
+    system_cpu: f64,
+    steal: f64,
     faults: u64,
     stored: usize,
 }
@@ -277,6 +349,8 @@ impl DrainMark {
             at: Instant::now(),
             cpu: cpu_seconds(),
             broker_cpu: broker_cpu_seconds(),
+            system_cpu: system_cpu_seconds(),
+            steal: machine_steal_seconds(),
             faults: tarn_common::time::process_minor_faults(),
             stored,
         }
@@ -290,6 +364,8 @@ impl DrainMark {
             mb: tweets * tweet_mb,
             cpu: (end.cpu - self.cpu).max(1e-9),
             broker_cpu: end.broker_cpu - self.broker_cpu,
+            system_cpu: end.system_cpu - self.system_cpu,
+            steal: end.steal - self.steal,
             faults: end.faults.saturating_sub(self.faults),
         }
     }
@@ -302,6 +378,8 @@ struct DrainRate {
     mb: f64,
     cpu: f64,
     broker_cpu: f64,
+    system_cpu: f64,
+    steal: f64,
     faults: u64,
 }
 
@@ -313,12 +391,13 @@ impl DrainRate {
         format!(
             "{mbps:.1} MB/s ({:.1} MB/s per core over {cores} cores, the in-process broker sharing them); \
              {:.1} MB per CPU-second of the process, {:.1} of tarn without the broker's thread \
-             ({:.0}% of the CPU used); {:.0} page faults per MB",
+             ({:.0}% of the CPU used); {:.0} page faults per MB; {}",
             mbps / cores,
             self.mb / self.cpu,
             self.mb / (self.cpu - self.broker_cpu).max(1e-9),
             100.0 * self.broker_cpu / self.cpu,
             self.faults as f64 / self.mb.max(1e-9),
+            kernel_and_host(self.system_cpu, self.cpu, self.steal),
         )
     }
 }
@@ -333,5 +412,17 @@ mod tests {
         let bytes = 600_000_000;
         let p = partitions_for(bytes) as usize;
         assert!(p * MOCK_PARTITION_BYTES >= bytes * 2, "{p} partitions");
+    }
+
+    #[test]
+    fn a_round_that_outgrows_the_mock_brokers_partitions_is_refused() {
+        // 20,000 tweets/s of 3 KB for 10 s, 200 a tick, each tick into the next partition.
+        let (bytes, messages) = (603_000_000, 200_000);
+        let p = partitions_for(bytes);
+        assert!(ensure_partitions_hold(bytes, messages, p, 200, "--kafka-secs").is_ok());
+        // The most partitions there are (512) cannot hold 100 s of it.
+        let err = ensure_partitions_hold(bytes * 10, messages * 10, 512, 200, "--kafka-secs")
+            .expect_err("6 GB do not fit 512 partitions of 5 MiB");
+        assert!(err.to_string().contains("give --kafka-secs less"), "{err}");
     }
 }
