@@ -14,6 +14,7 @@
 //! columns leave memory: queries read them from the file through the column cache.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, OnceLock};
@@ -619,7 +620,7 @@ impl Collection {
             .iter()
             .map(|s| s.stats.rows.saturating_sub(s.deleted_rows as u64))
             .sum();
-        let mut index = IdIndex::with_capacity_and_hasher(stored as usize, Default::default());
+        let mut index = IdIndex::with_capacity(stored as usize);
         let mut live_docs = 0;
         for ms in &manifest.segments {
             let segment =
@@ -887,10 +888,65 @@ impl Drop for Collection {
     }
 }
 
-/// Where each live document is, by `_id`. foldhash, not SipHash: the index is hashed once
-/// per ingested row and again at every merge, and SipHash was a tenth of the writer's time.
-/// It is seeded per process, so ids chosen to collide cannot be precomputed.
-type IdIndex = HashMap<String, Loc, foldhash::quality::RandomState>;
+/// Where each live document is, by `_id`.
+///
+/// Split into [`ID_INDEX_SHARDS`] tables that grow one at a time. As one table, each
+/// doubling rehashed every entry into a new table twice the size, on the writer's thread
+/// (which holds back every write meanwhile), and faulted that table's memory in fresh: 4%
+/// of a Kafka drain's CPU went to zeroing pages for those rehashes. A shard's table is a
+/// 64th of that, and the memory a grown shard frees serves the next one.
+///
+/// foldhash, not SipHash: the index is hashed once per ingested row and again at every
+/// merge, and SipHash was a tenth of the writer's time. The tables are seeded per process,
+/// so ids chosen to collide cannot be precomputed. The shard is picked by a hash with
+/// another seed: the tables' own hashes keep all their bits of entropy.
+struct IdIndex {
+    shards: Box<[HashMap<String, Loc, foldhash::quality::RandomState>]>,
+    pick: foldhash::fast::FixedState,
+}
+
+const ID_INDEX_SHARDS: usize = 64;
+
+impl IdIndex {
+    fn with_capacity(docs: usize) -> IdIndex {
+        IdIndex {
+            shards: (0..ID_INDEX_SHARDS)
+                .map(|_| {
+                    HashMap::with_capacity_and_hasher(
+                        docs.div_ceil(ID_INDEX_SHARDS),
+                        Default::default(),
+                    )
+                })
+                .collect(),
+            pick: foldhash::fast::FixedState::with_seed(0x9e37_79b9_7f4a_7c15),
+        }
+    }
+
+    fn shard(&self, id: &str) -> usize {
+        // The top bits: foldhash mixes them best.
+        (self.pick.hash_one(id) >> (64 - ID_INDEX_SHARDS.trailing_zeros())) as usize
+    }
+
+    /// The document's previous location, if it had one.
+    fn insert(&mut self, id: String, loc: Loc) -> Option<Loc> {
+        let shard = self.shard(&id);
+        self.shards[shard].insert(id, loc)
+    }
+
+    fn get(&self, id: &str) -> Option<&Loc> {
+        self.shards[self.shard(id)].get(id)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Loc> {
+        let shard = self.shard(id);
+        self.shards[shard].get_mut(id)
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Loc> {
+        let shard = self.shard(id);
+        self.shards[shard].remove(id)
+    }
+}
 
 struct Writer {
     dir: PathBuf,
@@ -1889,6 +1945,35 @@ mod tests {
         rt.block_on(c.seal()).unwrap();
         source_write(&c, &rt, &[json!({"_id": "x4"})], "4");
         assert_eq!(durable_position(&c), Some("3".into()));
+    }
+
+    #[test]
+    fn the_id_index_spreads_ids_over_its_shards_and_finds_each_where_it_put_it() {
+        let mut index = IdIndex::with_capacity(0);
+        let ids: Vec<String> = (0..64_000).map(|i| format!("id-{i}")).collect();
+        for (row, id) in ids.iter().enumerate() {
+            let loc = Loc {
+                segment: 1,
+                row: row as u32,
+            };
+            assert!(index.insert(id.clone(), loc).is_none(), "{id} is new");
+        }
+        let sizes: Vec<usize> = index.shards.iter().map(HashMap::len).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), ids.len());
+        // 1,000 a shard on average: a shard holding twice that, or half, is a bad pick.
+        assert!(
+            sizes.iter().all(|n| (500..2_000).contains(n)),
+            "shard sizes {sizes:?}"
+        );
+        let moved = Loc { segment: 2, row: 7 };
+        assert_eq!(index.insert(ids[5].clone(), moved).map(|l| l.row), Some(5));
+        assert_eq!(index.get(&ids[5]).map(|l| (l.segment, l.row)), Some((2, 7)));
+        index.get_mut(&ids[6]).expect("indexed").segment = 3;
+        assert_eq!(index.get(&ids[6]).map(|l| l.segment), Some(3));
+        assert_eq!(index.remove(&ids[6]).map(|l| l.row), Some(6));
+        assert!(index.get(&ids[6]).is_none());
+        assert!(index.remove(&ids[6]).is_none());
+        assert!(index.get("not-an-id").is_none());
     }
 
     #[test]
